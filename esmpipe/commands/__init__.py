@@ -1,0 +1,1 @@
+"""Subcommands of the `esmpipe` CLI; each module exposes `register(subparsers)`."""

@@ -1,0 +1,4 @@
+"""ESMFold: the folding trunk, structure module, geometry and residue constants.
+
+Kept import-light: `residue_constants` must stay importable without torch.
+"""
