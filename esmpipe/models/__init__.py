@@ -21,7 +21,16 @@ _EXPORTS = {
     "EsmForProteinFolding": "esmpipe.models.esmfold.modeling_esmfold",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "EsmConfig",
+    "EsmForMaskedLM",
+    "EsmForProteinFolding",
+    "EsmForSequenceClassification",
+    "EsmForTokenClassification",
+    "EsmModel",
+    "EsmPreTrainedModel",
+    "EsmTokenizer",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from esmpipe.models.config import EsmConfig
