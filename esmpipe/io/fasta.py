@@ -1,0 +1,123 @@
+"""Reading FASTA files, plain or gzip-compressed.
+
+Compression is recognised by the gzip magic bytes (1f 8b), not by the file
+name, so `proteins.fa` that is really gzip and `proteins.fa.gz` that is really
+plain text both read. The reader is strict about structure and lenient about
+content: it refuses what is not FASTA (text before the first header, a header
+without an identifier, binary data, a truncated gzip stream) with a message
+that names the file, the record and what to do, but it passes residues through
+untouched; judging them is `esmpipe.io.sequences.normalise_sequence`'s job.
+A record with no sequence lines is valid here (ingest reports it as "empty").
+
+Record fields:
+- `id`: the header's first whitespace-separated word (what Prodigal, BLAST and
+  Biopython call the id);
+- `description`: the whole header line without '>' (Biopython's convention);
+- `sequence`: the sequence lines joined, line ends removed, otherwise raw.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+# Control characters other than tab, CR and LF never occur in FASTA text; finding one
+# means the file is binary (a BAM, an image, a compressed format other than gzip, ...).
+_CONTROL_BYTES = bytes(c for c in range(32) if c not in (9, 10, 13)) + b"\x7f"
+
+
+class FastaError(ValueError):
+    """A FASTA file that cannot be read; the message names file, record and remedy."""
+
+
+@dataclass(frozen=True, slots=True)
+class FastaRecord:
+    id: str
+    description: str
+    sequence: str
+
+
+def is_gzip(path: str | os.PathLike[str]) -> bool:
+    """Whether the file starts with the gzip magic bytes."""
+    with open(path, "rb") as handle:
+        return handle.read(2) == GZIP_MAGIC
+
+
+def _open(path: str | os.PathLike[str]) -> BinaryIO:
+    try:
+        compressed = is_gzip(path)
+    except FileNotFoundError:
+        raise FastaError(f"{path}: no such file; check the input path") from None
+    except IsADirectoryError:
+        raise FastaError(f"{path}: is a directory, expected a FASTA file") from None
+    except PermissionError:
+        raise FastaError(f"{path}: permission denied") from None
+    return gzip.open(path, "rb") if compressed else open(path, "rb")  # type: ignore[return-value]
+
+
+def _where(record_number: int, record_id: str | None) -> str:
+    if record_id is None:
+        return "before the first record"
+    return f"in record {record_number} ({record_id!r})"
+
+
+def read_fasta(path: str | os.PathLike[str]) -> Iterator[FastaRecord]:
+    """Yield the records of a FASTA file in file order.
+
+    Raises `FastaError` for text before the first header, a header without an
+    identifier, binary content, undecodable text and truncated or corrupt gzip.
+    """
+    record_number = 0  # 1-based number of the record being read
+    record_id: str | None = None
+    description = ""
+    chunks: list[str] = []
+    line_number = 0
+    with _open(path) as handle:
+        try:
+            for raw in handle:
+                line_number += 1
+                if raw.translate(None, _CONTROL_BYTES) != raw:
+                    raise FastaError(
+                        f"{path}: line {line_number} {_where(record_number, record_id)} contains "
+                        "binary data; this is not a FASTA file (plain text or gzip expected)"
+                    )
+                try:
+                    line = raw.decode("utf-8").rstrip("\r\n")
+                except UnicodeDecodeError:
+                    raise FastaError(
+                        f"{path}: line {line_number} {_where(record_number, record_id)} is not "
+                        "UTF-8 text; this is not a FASTA file (plain text or gzip expected)"
+                    ) from None
+                if line.startswith(">"):
+                    if record_id is not None:
+                        yield FastaRecord(record_id, description, "".join(chunks))
+                    record_number += 1
+                    description = line[1:].strip()
+                    if not description:
+                        raise FastaError(
+                            f"{path}: line {line_number}: record {record_number} has an empty "
+                            "header; give every record an identifier after '>'"
+                        )
+                    record_id = description.split(maxsplit=1)[0]
+                    chunks = []
+                elif record_id is None:
+                    if line.strip():
+                        raise FastaError(
+                            f"{path}: line {line_number}: sequence data before the first header; "
+                            "a FASTA file must start with a '>' line"
+                        )
+                else:
+                    chunks.append(line.strip())
+        except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+            raise FastaError(
+                f"{path}: the gzip stream is truncated or corrupt after line {line_number} "
+                f"{_where(record_number, record_id)} ({err}); re-download or re-compress the file"
+            ) from None
+    if record_id is not None:
+        yield FastaRecord(record_id, description, "".join(chunks))

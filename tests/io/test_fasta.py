@@ -1,0 +1,87 @@
+"""FASTA reading: plain and gzip by magic bytes, and errors that name file and record."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from esmpipe.io.fasta import FastaError, FastaRecord, read_fasta
+
+TEXT = ">p1 first protein\nMKV\nLLA\n\n>p2\n\n>p3 third\r\nmkv*\r\n"
+EXPECTED = [
+    FastaRecord("p1", "p1 first protein", "MKVLLA"),
+    FastaRecord("p2", "p2", ""),
+    FastaRecord("p3", "p3 third", "mkv*"),
+]
+
+
+def test_plain(tmp_path: Path) -> None:
+    path = tmp_path / "a.fa"
+    path.write_text(TEXT)
+    assert list(read_fasta(path)) == EXPECTED
+
+
+def test_gzip_recognised_by_magic_not_name(tmp_path: Path) -> None:
+    disguised = tmp_path / "looks_plain.fa"
+    disguised.write_bytes(gzip.compress(TEXT.encode()))
+    plain_named_gz = tmp_path / "really_plain.fa.gz"
+    plain_named_gz.write_text(TEXT)
+    assert list(read_fasta(disguised)) == EXPECTED
+    assert list(read_fasta(plain_named_gz)) == EXPECTED
+
+
+def test_empty_file_has_no_records(tmp_path: Path) -> None:
+    path = tmp_path / "empty.fa"
+    path.write_text("")
+    assert list(read_fasta(path)) == []
+
+
+def _error(path: Path) -> str:
+    with pytest.raises(FastaError) as info:
+        list(read_fasta(path))
+    return str(info.value)
+
+
+def test_sequence_before_header(tmp_path: Path) -> None:
+    path = tmp_path / "noheader.fa"
+    path.write_text("\nMKV\n>p1\nMKV\n")
+    message = _error(path)
+    assert str(path) in message and "line 2" in message and "before the first header" in message
+
+
+def test_empty_header_names_record_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "emptyheader.fa"
+    path.write_text(">p1\nMKV\n>  \nMKV\n")
+    message = _error(path)
+    assert str(path) in message and "record 2" in message and "line 3" in message
+
+
+def test_binary_garbage(tmp_path: Path) -> None:
+    path = tmp_path / "binary.fa"
+    path.write_bytes(b">p1\nMKV\n>p2\nMK\x00\x01\x02V\n")
+    message = _error(path)
+    assert str(path) in message and "'p2'" in message and "record 2" in message
+    assert "binary" in message
+
+
+def test_invalid_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.fa"
+    path.write_bytes(b">p1 caf\xe9\nMKV\n")
+    message = _error(path)
+    assert str(path) in message and "UTF-8" in message
+
+
+def test_truncated_gzip(tmp_path: Path) -> None:
+    records = "".join(f">p{i}\n{'MKVLLA' * 20}\n" for i in range(2000))
+    data = gzip.compress(records.encode())
+    path = tmp_path / "truncated.fa.gz"
+    path.write_bytes(data[: len(data) // 2])
+    message = _error(path)
+    assert str(path) in message and "truncated or corrupt" in message and "record" in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    message = _error(tmp_path / "nope.fa")
+    assert "nope.fa" in message and "no such file" in message
