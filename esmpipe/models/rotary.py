@@ -1,0 +1,65 @@
+"""Rotary position embeddings (RoFormer), as ESM-2 uses them.
+
+One module per model holds the inverse frequencies (`rotary_embeddings.inv_freq`,
+a persistent buffer as in the reference's state dict) and turns position ids
+into cos/sin tables that every layer applies to its queries and keys.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from esmpipe.models.config import EsmConfig
+
+
+def default_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
+    """`1 / theta^(2i / d)` for i in [0, d/2): the RoPE frequencies, shape [d/2]."""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """[x1, x2] -> [-x2, x1] along the last dimension (halves, not interleaved pairs)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate queries and keys.
+
+    q, k: [B, H, L, D]; cos, sin: [B, L, D]. The product is taken in fp32 and cast
+    back, as the reference does, so half-precision models rotate accurately.
+    """
+    cos = cos.unsqueeze(1).float()
+    sin = sin.unsqueeze(1).float()
+    q32, k32 = q.float(), k.float()
+    q_out = q32 * cos + rotate_half(q32) * sin
+    k_out = k32 * cos + rotate_half(k32) * sin
+    return q_out.to(q.dtype), k_out.to(k.dtype)
+
+
+class EsmRotaryEmbedding(nn.Module):
+    """cos/sin tables for given position ids."""
+
+    def __init__(self, config: EsmConfig) -> None:
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.theta = config.rope_theta
+        self.register_buffer("inv_freq", default_inv_freq(self.head_dim, self.theta))
+
+    def reset_buffers(self) -> None:
+        with torch.no_grad():
+            self.inv_freq.copy_(default_inv_freq(self.head_dim, self.theta))
+
+    def forward(
+        self, x: torch.Tensor, position_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: [B, L, C] (for dtype, device); position_ids: [B or 1, L] -> cos, sin [B, L, D]."""
+        inv_freq = self.inv_freq.to(device=x.device, dtype=torch.float)
+        # [B, L, D/2]
+        freqs = position_ids[..., None].float() * inv_freq
+        # [B, L, D]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
