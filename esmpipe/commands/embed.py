@@ -1,0 +1,139 @@
+"""`esmpipe embed`: mean-pooled ESM-2 embeddings of every distinct input sequence.
+
+Input: FASTA (plain or gzip) or a shard Parquet with `seq_hash`, `sequence`.
+Output: one row per distinct valid sequence (`seq_hash`, `length`, `status`,
+`embedding` as fixed_size_list<float32>[hidden]); the Parquet metadata records
+the model, revision, dtype, device, layer, pooling, versions and settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from esmpipe.cli import UserError
+
+log = logging.getLogger(__name__)
+
+
+def add_common_arguments(
+    parser: argparse.ArgumentParser, *, max_tokens: int, budget: str, auto_dtype: str
+) -> None:
+    """Arguments shared by `embed` and `fold`."""
+    parser.add_argument("--model", required=True, help="hub id or local checkpoint folder")
+    parser.add_argument(
+        "--input",
+        required=True,
+        type=Path,
+        help="FASTA (plain or gzip) or shard Parquet (seq_hash, sequence)",
+    )
+    parser.add_argument("--output", required=True, type=Path, help="output Parquet file")
+    parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    parser.add_argument("--dtype", default="auto",
+                        choices=("auto", "float32", "float16", "bfloat16"),
+                        help=f"auto: {auto_dtype}")  # fmt: skip
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--max-tokens", type=_positive, default=max_tokens,
+                        help=f"batch budget: {budget} (default {max_tokens})")  # fmt: skip
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "embed", help="mean-pooled ESM-2 embeddings", description=__doc__.split("\n\n")[0]
+    )
+    add_common_arguments(parser, max_tokens=16384,
+                         budget="padded tokens, BOS/EOS included, per batch",
+                         auto_dtype="bfloat16 (or float16) on CUDA, float32 on CPU")  # fmt: skip
+    parser.add_argument("--max-length", type=_positive, default=None,
+                        help="longer sequences get status too_long "
+                             "(default: 1022 for rotary models, the position table's limit "
+                             "for absolute ones)")  # fmt: skip
+    parser.add_argument("--layer", type=int, default=-1,
+                        help="hidden state to pool: -1 the last (default), 0 the embeddings, "
+                             "k the output of layer k")  # fmt: skip
+    parser.add_argument("--pooling", default="mean", choices=("mean",),
+                        help="mean over residues, BOS/EOS/padding excluded")  # fmt: skip
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import pyarrow as pa
+    import torch
+
+    from esmpipe import __version__
+    from esmpipe.engine.device import describe_device, dtype_name, resolve_device, resolve_dtype
+    from esmpipe.engine.embed import Embedder
+    from esmpipe.engine.inputs import InputError, read_inputs
+    from esmpipe.io.fasta import FastaError
+    from esmpipe.io.tables import (
+        EMBEDDINGS_SCHEMA,
+        embedding_array,
+        file_sha256,
+        write_parquet_atomic,
+    )
+    from esmpipe.models import EsmModel, EsmTokenizer
+
+    try:
+        inputs = read_inputs(args.input)
+        device = resolve_device(args.device)
+        dtype = resolve_dtype(args.dtype, device)
+    except (InputError, FastaError, ValueError) as err:
+        raise UserError(str(err)) from None
+    try:
+        tokenizer = EsmTokenizer.from_pretrained(args.model, revision=args.revision)
+        model = EsmModel.from_pretrained(
+            args.model, revision=args.revision, dtype=dtype, device=device, add_pooling_layer=False
+        )
+    except (OSError, ValueError) as err:
+        raise UserError(f"--model {args.model}: cannot load the checkpoint: {err}") from None
+    model.eval()
+    try:
+        embedder = Embedder(model, tokenizer, layer=args.layer, max_tokens=args.max_tokens,
+                            max_length=args.max_length)  # fmt: skip
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    log.info("embed: %d distinct sequences from %s on %s (%s)", len(inputs.sequences),
+             args.input, describe_device(device), dtype_name(dtype))  # fmt: skip
+
+    results = embedder.embed(inputs.sequences)
+    dim = embedder.hidden_size
+    table = pa.Table.from_pydict(
+        {
+            "seq_hash": inputs.hashes,
+            "length": [len(s) for s in inputs.sequences],
+            "status": [r.status for r in results],
+            "embedding": embedding_array([r.embedding for r in results], dim),
+        },
+        schema=EMBEDDINGS_SCHEMA(dim),
+    )
+    statuses: dict[str, int] = {}
+    for r in results:
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+    metadata = {
+        "model": str(args.model),
+        "revision": args.revision,
+        "dtype": dtype_name(dtype),
+        "device": describe_device(device),
+        "layer": args.layer,
+        "pooling": args.pooling,
+        "max_tokens": args.max_tokens,
+        "max_length": embedder.max_length,
+        "esmpipe_version": __version__,
+        "torch_version": torch.__version__,
+        "input": str(args.input),
+        "input_sha256": file_sha256(args.input),
+        "input_records": inputs.records,
+        "input_skipped": dict(sorted(inputs.skipped.items())),
+        "status_counts": dict(sorted(statuses.items())),
+    }
+    write_parquet_atomic(table, args.output, metadata)
+    log.info("embed: wrote %d rows to %s", table.num_rows, args.output)
+    return 0

@@ -1,0 +1,128 @@
+"""`esmpipe fold`: ESMFold structures and confidences of every distinct input sequence.
+
+Input: FASTA (plain or gzip) or a shard Parquet with `seq_hash`, `sequence`.
+Output: one row per distinct valid sequence (`seq_hash`, `length`, `status`,
+`mean_plddt`, `ptm`, `plddt`, `max_pae`, `mean_pae`, `pdb`); the Parquet
+metadata records the model, revision, dtype, device, recycles, chunk size,
+versions and settings.
+
+Precision: `--dtype auto` keeps the checkpoint's own split on CUDA (the
+published ESMFold runs its ESM-2 stem in fp16 and the trunk in fp32) and
+folds entirely in float32 on the CPU; an explicit dtype casts the whole model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from esmpipe.cli import UserError
+from esmpipe.commands.embed import _positive, add_common_arguments
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "fold", help="ESMFold structures, pLDDT, pTM and PAE", description=__doc__.split("\n\n")[0]
+    )
+    add_common_arguments(parser, max_tokens=1024,
+                         budget="n sequences padded to L residues need n * L^2 <= N^2, "
+                                "i.e. a batch costs at most one N-residue chain",
+                         auto_dtype="the checkpoint's own precision on CUDA (fp16 stem, "
+                                    "fp32 trunk for esmfold_v1), float32 on CPU")  # fmt: skip
+    parser.add_argument("--max-length", type=_positive, default=1280,
+                        help="longer sequences get status too_long (default 1280)")  # fmt: skip
+    parser.add_argument("--num-recycles", type=int, default=None,
+                        help="trunk recycles (default: the checkpoint's max_recycles)")  # fmt: skip
+    parser.add_argument("--chunk-size", type=_positive, default=None,
+                        help="trunk pair-update chunk (less memory, slower; default: the "
+                             "checkpoint's)")  # fmt: skip
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import pyarrow as pa
+    import torch
+
+    from esmpipe import __version__
+    from esmpipe.engine.device import describe_device, dtype_name, resolve_device, resolve_dtype
+    from esmpipe.engine.fold import Folder
+    from esmpipe.engine.inputs import InputError, read_inputs
+    from esmpipe.io.fasta import FastaError
+    from esmpipe.io.tables import STRUCTURES_SCHEMA, file_sha256, write_parquet_atomic
+    from esmpipe.models import EsmForProteinFolding
+
+    if args.num_recycles is not None and args.num_recycles < 0:
+        raise UserError(f"--num-recycles must be 0 or more, got {args.num_recycles}")
+    try:
+        inputs = read_inputs(args.input)
+        device = resolve_device(args.device)
+        if args.dtype == "auto":
+            # None keeps the checkpoint's fp16-stem / fp32-trunk split (CUDA only).
+            dtype = None if device.type == "cuda" else torch.float32
+        else:
+            dtype = resolve_dtype(args.dtype, device)
+    except (InputError, FastaError, ValueError) as err:
+        raise UserError(str(err)) from None
+    try:
+        model = EsmForProteinFolding.from_pretrained(
+            args.model, revision=args.revision, dtype=dtype, device=device
+        )
+    except (OSError, ValueError) as err:
+        raise UserError(f"--model {args.model}: cannot load the checkpoint: {err}") from None
+    model.eval()
+    precision = dtype_name(dtype) if dtype is not None else _precision_split(model)
+    folder = Folder(model, max_tokens=args.max_tokens, max_length=args.max_length,
+                    num_recycles=args.num_recycles, chunk_size=args.chunk_size)  # fmt: skip
+    log.info("fold: %d distinct sequences from %s on %s (%s)", len(inputs.sequences),
+             args.input, describe_device(device), precision)  # fmt: skip
+
+    results = folder.fold(inputs.sequences)
+    table = pa.Table.from_pydict(
+        {
+            "seq_hash": inputs.hashes,
+            "length": [len(s) for s in inputs.sequences],
+            "status": [r.status for r in results],
+            "mean_plddt": [r.mean_plddt for r in results],
+            "ptm": [r.ptm for r in results],
+            "plddt": [r.plddt for r in results],
+            "max_pae": [r.max_pae for r in results],
+            "mean_pae": [r.mean_pae for r in results],
+            "pdb": [r.pdb for r in results],
+        },
+        schema=STRUCTURES_SCHEMA,
+    )
+    statuses: dict[str, int] = {}
+    for r in results:
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+    trunk = model.config.esmfold_config.trunk
+    metadata = {
+        "model": str(args.model),
+        "revision": args.revision,
+        "dtype": precision,
+        "device": describe_device(device),
+        "num_recycles": args.num_recycles if args.num_recycles is not None else trunk.max_recycles,
+        "chunk_size": args.chunk_size if args.chunk_size is not None else trunk.chunk_size,
+        "max_tokens": args.max_tokens,
+        "max_length": args.max_length,
+        "esmpipe_version": __version__,
+        "torch_version": torch.__version__,
+        "input": str(args.input),
+        "input_sha256": file_sha256(args.input),
+        "input_records": inputs.records,
+        "input_skipped": dict(sorted(inputs.skipped.items())),
+        "status_counts": dict(sorted(statuses.items())),
+    }
+    write_parquet_atomic(table, args.output, metadata)
+    log.info("fold: wrote %d rows to %s", table.num_rows, args.output)
+    return 0
+
+
+def _precision_split(model) -> str:
+    """The dtypes in use, e.g. "float16 stem, float32 trunk"."""
+    from esmpipe.engine.device import dtype_name
+
+    stem = dtype_name(next(model.esm.parameters()).dtype)
+    trunk = dtype_name(next(model.trunk.parameters()).dtype)
+    return stem if stem == trunk else f"{stem} stem, {trunk} trunk"
