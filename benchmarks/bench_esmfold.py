@@ -33,19 +33,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from esmpipe.models import EsmConfig, EsmForProteinFolding  # noqa: E402
-
-ESM2_VOCAB = [
-    "<cls>", "<pad>", "<eos>", "<unk>",
-    "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P", "K", "Q", "N", "F", "Y",
-    "M", "H", "W", "C", "X", "B", "U", "Z", "O", ".", "-", "<null_1>", "<mask>",
-]  # fmt: skip
+from esmpipe.models.config import ESM2_VOCAB  # noqa: E402
 
 _STEM = {
     "model_type": "esm", "vocab_size": 33, "pad_token_id": 1, "mask_token_id": 32,
     "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
     "max_position_embeddings": 1026, "layer_norm_eps": 1e-5,
     "position_embedding_type": "rotary", "emb_layer_norm_before": False,
-    "token_dropout": True, "is_folding_model": True, "vocab_list": ESM2_VOCAB,
+    "token_dropout": True, "is_folding_model": True, "vocab_list": list(ESM2_VOCAB),
 }  # fmt: skip
 
 PRESETS = {

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny ESM vocabularies and reference (transformers) checkpoints.
+"""Shared fixtures: tiny ESM vocabularies, reference (transformers) checkpoints, and
+tiny random checkpoints built by `esmpipe init-model` (for the engine and CLI tests).
 
 `transformers` is only the test oracle; fixtures that need it import it lazily so
 test modules that do not compare against it never import it.
@@ -118,3 +119,23 @@ def tiny_config():
 def make_batch():
     """Factory: (seed, lengths, with_mask_tokens) -> (input_ids, attention_mask)."""
     return padded_batch
+
+
+def _init_model(tmp_path_factory: pytest.TempPathFactory, preset: str) -> Path:
+    from esmpipe.cli import main
+
+    folder = tmp_path_factory.mktemp(preset)
+    assert main(["init-model", "--preset", preset, "--output", str(folder)]) == 0
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_esm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random ESM-2-like checkpoint folder (`esmpipe init-model --preset tiny-esm2`)."""
+    return _init_model(tmp_path_factory, "tiny-esm2")
+
+
+@pytest.fixture(scope="session")
+def tiny_esmfold(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random ESMFold-like checkpoint folder (`esmpipe init-model --preset tiny-esmfold`)."""
+    return _init_model(tmp_path_factory, "tiny-esmfold")

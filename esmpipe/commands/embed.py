@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from esmpipe.cli import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from esmpipe.engine.inputs import Inputs
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,40 @@ def add_common_arguments(
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--max-tokens", type=_positive, default=max_tokens,
                         help=f"batch budget: {budget} (default {max_tokens})")  # fmt: skip
+
+
+def run_metadata(
+    args: argparse.Namespace,
+    inputs: Inputs,
+    statuses: Iterable[str],
+    *,
+    dtype: str,
+    device: torch.device,
+    **settings: Any,
+) -> dict[str, Any]:
+    """Provenance shared by `embed` and `fold`: model, precision, device, versions, input
+    and status counts; `settings` are the command's own (layer, recycles, ...)."""
+    import torch
+
+    from esmpipe import __version__
+    from esmpipe.engine.device import describe_device
+    from esmpipe.io.tables import file_sha256
+
+    return {
+        "model": str(args.model),
+        "revision": args.revision,
+        "dtype": dtype,
+        "device": describe_device(device),
+        "max_tokens": args.max_tokens,
+        **settings,
+        "esmpipe_version": __version__,
+        "torch_version": torch.__version__,
+        "input": str(args.input),
+        "input_sha256": file_sha256(args.input),
+        "input_records": inputs.records,
+        "input_skipped": dict(sorted(inputs.skipped.items())),
+        "status_counts": dict(sorted(Counter(statuses).items())),
+    }
 
 
 def _positive(text: str) -> int:
@@ -66,19 +108,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import pyarrow as pa
-    import torch
 
-    from esmpipe import __version__
     from esmpipe.engine.device import describe_device, dtype_name, resolve_device, resolve_dtype
     from esmpipe.engine.embed import Embedder
     from esmpipe.engine.inputs import InputError, read_inputs
     from esmpipe.io.fasta import FastaError
-    from esmpipe.io.tables import (
-        EMBEDDINGS_SCHEMA,
-        embedding_array,
-        file_sha256,
-        write_parquet_atomic,
-    )
+    from esmpipe.io.tables import EMBEDDINGS_SCHEMA, embedding_array, write_parquet_atomic
     from esmpipe.models import EsmModel, EsmTokenizer
 
     try:
@@ -114,26 +149,16 @@ def run(args: argparse.Namespace) -> int:
         },
         schema=EMBEDDINGS_SCHEMA(dim),
     )
-    statuses: dict[str, int] = {}
-    for r in results:
-        statuses[r.status] = statuses.get(r.status, 0) + 1
-    metadata = {
-        "model": str(args.model),
-        "revision": args.revision,
-        "dtype": dtype_name(dtype),
-        "device": describe_device(device),
-        "layer": args.layer,
-        "pooling": args.pooling,
-        "max_tokens": args.max_tokens,
-        "max_length": embedder.max_length,
-        "esmpipe_version": __version__,
-        "torch_version": torch.__version__,
-        "input": str(args.input),
-        "input_sha256": file_sha256(args.input),
-        "input_records": inputs.records,
-        "input_skipped": dict(sorted(inputs.skipped.items())),
-        "status_counts": dict(sorted(statuses.items())),
-    }
+    metadata = run_metadata(
+        args,
+        inputs,
+        (r.status for r in results),
+        dtype=dtype_name(dtype),
+        device=device,
+        layer=args.layer,
+        pooling=args.pooling,
+        max_length=embedder.max_length,
+    )
     write_parquet_atomic(table, args.output, metadata)
     log.info("embed: wrote %d rows to %s", table.num_rows, args.output)
     return 0

@@ -6,9 +6,11 @@ Output: one row per distinct valid sequence (`seq_hash`, `length`, `status`,
 metadata records the model, revision, dtype, device, recycles, chunk size,
 versions and settings.
 
-Precision: `--dtype auto` keeps the checkpoint's own split on CUDA (the
-published ESMFold runs its ESM-2 stem in fp16 and the trunk in fp32) and
-folds entirely in float32 on the CPU; an explicit dtype casts the whole model.
+Precision: `--dtype auto` on CUDA builds the model as its config says: with
+`esmfold_config.fp16_esm` the ESM-2 stem runs in fp16 and the trunk in fp32,
+without it (as in the `facebook/esmfold_v1` config) everything runs in float32,
+the fp16-stored stem included. On the CPU `auto` folds in float32; an explicit
+dtype casts the whole model. The metadata records the dtypes actually used.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import argparse
 import logging
 
 from esmpipe.cli import UserError
-from esmpipe.commands.embed import _positive, add_common_arguments
+from esmpipe.commands.embed import _positive, add_common_arguments, run_metadata
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_common_arguments(parser, max_tokens=1024,
                          budget="n sequences padded to L residues need n * L^2 <= N^2, "
                                 "i.e. a batch costs at most one N-residue chain",
-                         auto_dtype="the checkpoint's own precision on CUDA (fp16 stem, "
-                                    "fp32 trunk for esmfold_v1), float32 on CPU")  # fmt: skip
+                         auto_dtype="on CUDA as the config builds it (fp16 stem and "
+                                    "fp32 trunk with esmfold_config.fp16_esm, else float32), "
+                                    "float32 on CPU")  # fmt: skip
     parser.add_argument("--max-length", type=_positive, default=1280,
                         help="longer sequences get status too_long (default 1280)")  # fmt: skip
     parser.add_argument("--num-recycles", type=int, default=None,
@@ -45,12 +48,11 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow as pa
     import torch
 
-    from esmpipe import __version__
     from esmpipe.engine.device import describe_device, dtype_name, resolve_device, resolve_dtype
     from esmpipe.engine.fold import Folder
     from esmpipe.engine.inputs import InputError, read_inputs
     from esmpipe.io.fasta import FastaError
-    from esmpipe.io.tables import STRUCTURES_SCHEMA, file_sha256, write_parquet_atomic
+    from esmpipe.io.tables import STRUCTURES_SCHEMA, write_parquet_atomic
     from esmpipe.models import EsmForProteinFolding
 
     if args.num_recycles is not None and args.num_recycles < 0:
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         inputs = read_inputs(args.input)
         device = resolve_device(args.device)
         if args.dtype == "auto":
-            # None keeps the checkpoint's fp16-stem / fp32-trunk split (CUDA only).
+            # None: the dtypes the config builds (an fp16 stem only with fp16_esm).
             dtype = None if device.type == "cuda" else torch.float32
         else:
             dtype = resolve_dtype(args.dtype, device)
@@ -93,27 +95,17 @@ def run(args: argparse.Namespace) -> int:
         },
         schema=STRUCTURES_SCHEMA,
     )
-    statuses: dict[str, int] = {}
-    for r in results:
-        statuses[r.status] = statuses.get(r.status, 0) + 1
     trunk = model.config.esmfold_config.trunk
-    metadata = {
-        "model": str(args.model),
-        "revision": args.revision,
-        "dtype": precision,
-        "device": describe_device(device),
-        "num_recycles": args.num_recycles if args.num_recycles is not None else trunk.max_recycles,
-        "chunk_size": args.chunk_size if args.chunk_size is not None else trunk.chunk_size,
-        "max_tokens": args.max_tokens,
-        "max_length": args.max_length,
-        "esmpipe_version": __version__,
-        "torch_version": torch.__version__,
-        "input": str(args.input),
-        "input_sha256": file_sha256(args.input),
-        "input_records": inputs.records,
-        "input_skipped": dict(sorted(inputs.skipped.items())),
-        "status_counts": dict(sorted(statuses.items())),
-    }
+    metadata = run_metadata(
+        args,
+        inputs,
+        (r.status for r in results),
+        dtype=precision,
+        device=device,
+        num_recycles=args.num_recycles if args.num_recycles is not None else trunk.max_recycles,
+        chunk_size=args.chunk_size if args.chunk_size is not None else trunk.chunk_size,
+        max_length=args.max_length,
+    )
     write_parquet_atomic(table, args.output, metadata)
     log.info("fold: wrote %d rows to %s", table.num_rows, args.output)
     return 0

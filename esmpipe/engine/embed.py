@@ -27,12 +27,16 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from esmpipe.engine.batching import OutOfMemory, embed_cost, make_batches, run_splitting_on_oom
 from esmpipe.engine.device import free_device_memory, is_oom
+
+if TYPE_CHECKING:
+    from esmpipe.models import EsmConfig, EsmTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ STATUS_OUT_OF_MEMORY = "out_of_memory"
 ROTARY_DEFAULT_MAX_LENGTH = 1022
 
 
-def default_max_length(config) -> int:
+def default_max_length(config: EsmConfig) -> int:
     """Residues the model takes by default (see the module docstring)."""
     if config.position_embedding_type == "rotary":
         return ROTARY_DEFAULT_MAX_LENGTH
@@ -67,7 +71,7 @@ class Embedder:
     def __init__(
         self,
         model: torch.nn.Module,
-        tokenizer,
+        tokenizer: EsmTokenizer,
         *,
         layer: int = -1,
         max_tokens: int = 16384,

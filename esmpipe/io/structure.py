@@ -21,6 +21,7 @@ This module imports numpy and the residue tables only: no torch, no models.
 from __future__ import annotations
 
 import string
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -74,6 +75,16 @@ def _check(
     return aatype, positions, mask != 0, residue_index, b, chains
 
 
+def _residues(
+    aatype: np.ndarray, positions: np.ndarray, mask: np.ndarray, chains: np.ndarray
+) -> Iterator[tuple[int, str, str, list[tuple[int, str, np.ndarray]]]]:
+    """Residues in file order: (i, residue name, chain id, [(atom37 index, atom name, xyz)])
+    with only the atoms that exist."""
+    for i in range(len(aatype)):
+        atoms = [(a, rc.atom_types[a], positions[i, a]) for a in np.flatnonzero(mask[i])]
+        yield i, rc.resnames[aatype[i]], CHAIN_IDS[chains[i]], atoms
+
+
 def _atom_name_field(name: str) -> str:
     # PDB column rule: names shorter than 4 characters start in column 14, so the
     # one-letter element symbol lines up in column 14 for every atom.
@@ -99,12 +110,8 @@ def to_pdb(
     lines = ["REMARK   1 B-FACTOR COLUMN: PREDICTED LDDT (PLDDT, 0-100) PER ATOM"]
     serial = 1
     n = len(aatype)
-    for i in range(n):
-        resname = rc.resnames[aatype[i]]
-        chain_id = CHAIN_IDS[chains[i]]
-        for a in np.flatnonzero(mask[i]):
-            name = rc.atom_types[a]
-            x, y, z = positions[i, a]
+    for i, resname, chain_id, atoms in _residues(aatype, positions, mask, chains):
+        for a, name, (x, y, z) in atoms:
             lines.append(
                 f"{'ATOM':<6}{serial:>5} {_atom_name_field(name)} {resname:>3} {chain_id}"
                 f"{residue_index[i]:>4}    {x:>8.3f}{y:>8.3f}{z:>8.3f}{1.0:>6.2f}"
@@ -159,12 +166,8 @@ def to_mmcif(
         lines += [f"{c + 1} {label_seq[i]} {rc.resnames[aatype[i]]}" for i in members]
     lines += ["#", "loop_"] + [f"_atom_site.{f}" for f in _ATOM_SITE_FIELDS]
     serial = 1
-    for i in range(len(aatype)):
-        resname = rc.resnames[aatype[i]]
-        chain_id = CHAIN_IDS[chains[i]]
-        for a in np.flatnonzero(mask[i]):
-            atom = rc.atom_types[a]
-            x, y, z = positions[i, a]
+    for i, resname, chain_id, atoms in _residues(aatype, positions, mask, chains):
+        for a, atom, (x, y, z) in atoms:
             lines.append(
                 f"ATOM {serial:<6d} {atom[0]} {atom:<4} . {resname} {chain_id} "
                 f"{chains[i] + 1} {label_seq[i]:<4d} ? {x:.3f} {y:.3f} {z:.3f} 1.00 "

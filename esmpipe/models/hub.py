@@ -63,7 +63,8 @@ def resolve_file(
     """The local path of `filename` in a folder or hub repo, or None when it is absent.
 
     Raises `OSError` (with the repo and revision) when the repo or revision
-    itself cannot be found.
+    itself cannot be found, or when the hub cannot be reached and the cache holds
+    nothing of the repo.
     """
     if is_local(name_or_path):
         path = Path(name_or_path).expanduser() / filename
@@ -78,14 +79,16 @@ def resolve_file(
     )
 
     repo_id = str(name_or_path)
-    offline = hub_offline() if local_files_only is None else local_files_only
+    # HF_HUB_OFFLINE wins over local_files_only=False, as in huggingface_hub.
+    offline = bool(local_files_only) or hub_offline()
+    cache = Path(cache_dir) if cache_dir is not None else hub_cache_dir()
     try:
         path = huggingface_hub.hf_hub_download(
             repo_id,
             filename,
             revision=revision,
-            cache_dir=str(cache_dir) if cache_dir is not None else str(hub_cache_dir()),
-            local_files_only=offline or hub_offline(),
+            cache_dir=str(cache),
+            local_files_only=offline,
             token=token,
         )
     except HFValidationError:
@@ -98,7 +101,19 @@ def resolve_file(
         ) from None
     except RevisionNotFoundError:
         raise OSError(f"{repo_id}: revision {revision!r} not found on the hub") from None
-    except (EntryNotFoundError, LocalEntryNotFoundError):
+    except LocalEntryNotFoundError:
+        # Online, this means the hub could not be reached and the file is not cached.
+        # Without any cached copy of the repo, "file not found" would mislead (and every
+        # further file would wait out the same retries): say what happened instead.
+        if not offline and not (cache / f"models--{repo_id.replace('/', '--')}").is_dir():
+            raise OSError(
+                f"{repo_id}: no such local folder, the Hugging Face hub could not be reached, "
+                f"and the repository is not in the cache {cache}; check the path or the "
+                "network, or fill the cache where the hub is reachable and set HF_HUB_CACHE "
+                "(and HF_HUB_OFFLINE=1)"
+            ) from None
+        return None
+    except EntryNotFoundError:
         return None
     return Path(path)
 

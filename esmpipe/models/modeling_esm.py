@@ -44,33 +44,29 @@ class BaseModelOutputWithPooling(ModelOutput):
 
 
 @dataclasses.dataclass
-class MaskedLMOutput(ModelOutput):
+class _HeadOutput(ModelOutput):
+    """Fields shared by the task heads' outputs: loss (scalar), logits, hidden_states,
+    attentions (as in `BaseModelOutputWithPooling`)."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclasses.dataclass
+class MaskedLMOutput(_HeadOutput):
     """loss (scalar); logits [B, L, vocab_size]; hidden_states; attentions."""
 
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-
 
 @dataclasses.dataclass
-class SequenceClassifierOutput(ModelOutput):
+class SequenceClassifierOutput(_HeadOutput):
     """loss (scalar); logits [B, num_labels]; hidden_states; attentions."""
 
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-
 
 @dataclasses.dataclass
-class TokenClassifierOutput(ModelOutput):
+class TokenClassifierOutput(_HeadOutput):
     """loss (scalar); logits [B, L, num_labels]; hidden_states; attentions."""
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 # -- the encoder ------------------------------------------------------------------

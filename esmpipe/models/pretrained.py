@@ -37,7 +37,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import nn
@@ -253,7 +253,7 @@ class EsmPreTrainedModel(nn.Module):
         strict: bool = True,
         config: EsmConfig | None = None,
         **model_kwargs: Any,
-    ):
+    ) -> Self:
         """Load a checkpoint from a local folder in the Hugging Face layout or a hub id.
 
         `dtype`: a torch.dtype, a name, or "auto" for the config's `dtype`; None keeps

@@ -248,6 +248,77 @@ def test_missing_files(good_folder, tmp_path, monkeypatch):
         EsmForMaskedLM.from_pretrained(good_folder)
 
 
+def test_unreachable_hub_is_named(reference_checkpoint, tmp_path, monkeypatch):
+    """Online without a network, an uncached repo is reported as unreachable, not as missing
+    files; a repo with cached files still falls back to the cache."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    calls = []
+    real_download = huggingface_hub.hf_hub_download
+
+    def unreachable(repo_id, filename, **kwargs):
+        # What huggingface_hub does online when the hub cannot be reached: the cached
+        # file if there is one, else LocalEntryNotFoundError.
+        calls.append(filename)
+        try:
+            return real_download(repo_id, filename, **{**kwargs, "local_files_only": True})
+        except LocalEntryNotFoundError:
+            raise LocalEntryNotFoundError("cannot reach the hub and not cached") from None
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    with pytest.raises(OSError, match="could not be reached") as err:
+        EsmForMaskedLM.from_pretrained("org/not-cached")
+    assert "org/not-cached" in str(err.value) and str(cache) in str(err.value)
+    assert calls == ["config.json"]
+    with pytest.raises(OSError, match="could not be reached"):
+        EsmTokenizer.from_pretrained("org/not-cached")
+
+    folder = reference_checkpoint("EsmForMaskedLM", "esm2")
+    fake_hub_cache(cache, "org/cached", {
+        "main": {"config.json": folder / "config.json",
+                 "model.safetensors": folder / "model.safetensors"},
+    })  # fmt: skip
+    model = EsmForMaskedLM.from_pretrained("org/cached")
+    assert model.config.hidden_size == 32
+
+
+@pytest.mark.parametrize(
+    "fixture, class_name",
+    [("tiny_esm2", "EsmForMaskedLM"), ("tiny_esmfold", "EsmForProteinFolding")],
+)
+def test_missing_tensors_are_initialised_not_left_empty(
+    request, tmp_path, monkeypatch, fixture, class_name
+):
+    """strict=False: every tensor the checkpoint lacks gets the constructor's init, never
+    uninitialised storage (made visible here by NaN-filled `torch.empty`)."""
+    import esmpipe.models as models
+
+    source = request.getfixturevalue(fixture)
+    (tmp_path / "config.json").write_bytes((source / "config.json").read_bytes())
+    save_file({}, str(tmp_path / "model.safetensors"))
+    real_empty = torch.empty
+
+    def poisoned_empty(*args, **kwargs):
+        out = real_empty(*args, **kwargs)
+        return out.fill_(float("nan")) if out.is_floating_point() else out
+
+    monkeypatch.setattr(torch, "empty", poisoned_empty)
+    model = getattr(models, class_name).from_pretrained(tmp_path, strict=False)
+    monkeypatch.undo()
+    bad = [
+        n for n, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()
+    ]
+    assert bad == []
+    # Bare parameters get the value the constructor gives them (zeros).
+    if class_name == "EsmForProteinFolding":
+        assert torch.all(model.esm_s_combine == 0)
+        assert torch.all(model.trunk.structure_module.ipa.head_weights == 0)
+
+
 def test_wrong_shapes_are_named(good_folder):
     config = json.loads((good_folder / "config.json").read_text())
     config["intermediate_size"] = 48

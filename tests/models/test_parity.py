@@ -27,6 +27,17 @@ def load_pair(folder, class_name, **kwargs):
     return mine.eval(), ref.eval()
 
 
+def with_maps(model, ids, mask, labels):
+    """A forward with labels that also returns every hidden state and attention map."""
+    return model(
+        ids,
+        attention_mask=mask,
+        labels=labels,
+        output_hidden_states=True,
+        output_attentions=True,
+    )
+
+
 def assert_same_outputs(a, b, fields=("logits",)):
     for name in fields:
         assert_close(getattr(a, name), getattr(b, name), **TOL)
@@ -70,20 +81,8 @@ def test_masked_lm_and_contacts(reference_checkpoint, make_batch, shape):
     labels[mask == 0] = -100
     labels[:, ::3] = -100
     with torch.no_grad():
-        a = mine(
-            ids,
-            attention_mask=mask,
-            labels=labels,
-            output_hidden_states=True,
-            output_attentions=True,
-        )
-        b = ref(
-            ids,
-            attention_mask=mask,
-            labels=labels,
-            output_hidden_states=True,
-            output_attentions=True,
-        )
+        a = with_maps(mine, ids, mask, labels)
+        b = with_maps(ref, ids, mask, labels)
         fast = mine(ids, attention_mask=mask, labels=labels)
         contacts = mine.predict_contacts(ids, mask)
         contacts_ref = ref.predict_contacts(ids, mask)
@@ -126,20 +125,8 @@ def test_sequence_classification(reference_checkpoint, make_batch, shape, num_la
             (batch, num_labels) if num_labels > 1 else (batch,), generator=generator
         )
     with torch.no_grad():
-        a = mine(
-            ids,
-            attention_mask=mask,
-            labels=labels,
-            output_hidden_states=True,
-            output_attentions=True,
-        )
-        b = ref(
-            ids,
-            attention_mask=mask,
-            labels=labels,
-            output_hidden_states=True,
-            output_attentions=True,
-        )
+        a = with_maps(mine, ids, mask, labels)
+        b = with_maps(ref, ids, mask, labels)
     assert mine.config.problem_type == ref.config.problem_type == problem
     assert a.logits.shape == (batch, num_labels)
     assert_same_outputs(a, b, ("logits", "loss"))
@@ -153,20 +140,8 @@ def test_token_classification(reference_checkpoint, make_batch, shape):
     labels = torch.randint(0, 5, ids.shape, generator=torch.Generator().manual_seed(1))
     labels[mask == 0] = -100
     with torch.no_grad():
-        a = mine(
-            ids,
-            attention_mask=mask,
-            labels=labels,
-            output_hidden_states=True,
-            output_attentions=True,
-        )
-        b = ref(
-            ids,
-            attention_mask=mask,
-            labels=labels,
-            output_hidden_states=True,
-            output_attentions=True,
-        )
+        a = with_maps(mine, ids, mask, labels)
+        b = with_maps(ref, ids, mask, labels)
     assert a.logits.shape == (*ids.shape, 5)
     assert_same_outputs(a, b, ("logits", "loss"))
 

@@ -35,6 +35,7 @@ from esmpipe.models.esmfold.confidence import (
 )
 from esmpipe.models.esmfold.geometry import atom14_to_atom37, make_atom14_masks
 from esmpipe.models.esmfold.heads import DISTOGRAM_BINS, LddtHead, symmetric_distogram
+from esmpipe.models.esmfold.ipa import InvariantPointAttention
 from esmpipe.models.esmfold.trunk import FoldingTrunk
 from esmpipe.models.modeling_esm import EsmModel
 from esmpipe.models.pretrained import EsmPreTrainedModel, ModelOutput
@@ -184,6 +185,19 @@ class EsmForProteinFolding(EsmPreTrainedModel):
         self.post_init()
 
     # -- weights ------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The base init, plus the bare parameters it does not know: zeros, as built.
+
+        Needed when loading leaves them out (strict=False): they are then created
+        with empty storage and must not keep whatever memory they got.
+        """
+        super()._init_weights(module)
+        if module is self:
+            self.esm_s_combine.zero_()
+        elif isinstance(module, InvariantPointAttention):
+            module.head_weights.zero_()
 
     @torch.no_grad()
     def reset_buffers(self) -> None:

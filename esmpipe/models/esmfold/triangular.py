@@ -76,7 +76,9 @@ class TriangleMultiplicativeUpdate(nn.Module):
         # [B, C, L, L]: one matmul per channel.
         b_t = b_all.permute(0, 3, 2, 1)
 
-        def rows(a_chunk: torch.Tensor, z_chunk: torch.Tensor, b_perm: torch.Tensor):
+        def rows(
+            a_chunk: torch.Tensor, z_chunk: torch.Tensor, b_perm: torch.Tensor
+        ) -> torch.Tensor:
             # [B, C, rows, L] @ [B, C, L, L] -> [B, rows, L, C]
             x = torch.matmul(a_chunk.permute(0, 3, 1, 2), b_perm).permute(0, 2, 3, 1)
             x = self.linear_z(self.layer_norm_out(x))

@@ -206,6 +206,23 @@ def random_aatype(*shape: int) -> torch.Tensor:
     return aatype
 
 
+def frames_and_atom14(
+    r: Rigid, alpha: torch.Tensor, aatype: torch.Tensor
+) -> tuple[Rigid, torch.Tensor]:
+    """Our rigid-group frames and atom14 positions from backbone frames and torsions."""
+    frames = torch.tensor(rc.restype_rigid_group_default_frame)
+    all_frames = geometry.torsion_angles_to_frames(r, alpha, aatype, frames)
+    pos = geometry.frames_and_literature_positions_to_atom14_pos(
+        all_frames,
+        aatype,
+        frames,
+        torch.tensor(rc.restype_atom14_to_rigid_group),
+        torch.tensor(rc.restype_atom14_mask),
+        torch.tensor(rc.restype_atom14_rigid_group_positions),
+    )
+    return all_frames, pos
+
+
 def test_torsion_angles_to_frames_matches_reference() -> None:
     aatype = random_aatype(2, 11)
     ours_r, ref_r = random_rigids(2, 11)
@@ -238,16 +255,7 @@ def test_backbone_atoms_sit_at_literature_positions() -> None:
     aatype = torch.arange(20)[None]
     r = Rigid.identity((1, 20), fmt="rot_mat")
     alpha = torch.nn.functional.normalize(torch.randn(1, 20, 7, 2), dim=-1)
-    frames = torch.tensor(rc.restype_rigid_group_default_frame)
-    all_frames = geometry.torsion_angles_to_frames(r, alpha, aatype, frames)
-    pos = geometry.frames_and_literature_positions_to_atom14_pos(
-        all_frames,
-        aatype,
-        frames,
-        torch.tensor(rc.restype_atom14_to_rigid_group),
-        torch.tensor(rc.restype_atom14_mask),
-        torch.tensor(rc.restype_atom14_rigid_group_positions),
-    )
+    all_frames, pos = frames_and_atom14(r, alpha, aatype)
     lit = torch.tensor(rc.restype_atom14_rigid_group_positions)[:20, :3]
     close(pos[0, :, :3], lit)
     # The CA-C bond length does not depend on torsions.
@@ -283,16 +291,7 @@ def test_geometry_is_fp32_under_autocast() -> None:
     aatype = random_aatype(1, 6)
     r, _ = random_rigids(1, 6)
     alpha = torch.randn(1, 6, 7, 2, dtype=torch.bfloat16)
-    frames = torch.tensor(rc.restype_rigid_group_default_frame)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        all_frames = geometry.torsion_angles_to_frames(r, alpha, aatype, frames)
-        pos = geometry.frames_and_literature_positions_to_atom14_pos(
-            all_frames,
-            aatype,
-            frames,
-            torch.tensor(rc.restype_atom14_to_rigid_group),
-            torch.tensor(rc.restype_atom14_mask),
-            torch.tensor(rc.restype_atom14_rigid_group_positions),
-        )
+        all_frames, pos = frames_and_atom14(r, alpha, aatype)
     assert all_frames.to_tensor_4x4().dtype == torch.float32
     assert pos.dtype == torch.float32
