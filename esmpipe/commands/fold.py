@@ -6,11 +6,10 @@ Output: one row per distinct valid sequence (`seq_hash`, `length`, `status`,
 metadata records the model, revision, dtype, device, recycles, chunk size,
 versions and settings.
 
-Precision: `--dtype auto` on CUDA builds the model as its config says: with
-`esmfold_config.fp16_esm` the ESM-2 stem runs in fp16 and the trunk in fp32,
-without it (as in the `facebook/esmfold_v1` config) everything runs in float32,
-the fp16-stored stem included. On the CPU `auto` folds in float32; an explicit
-dtype casts the whole model. The metadata records the dtypes actually used.
+Precision: `--dtype auto` on CUDA runs the ESM-2 stem in float16 and the trunk
+in float32, as ESMFold was published (whatever `esmfold_config.fp16_esm` says);
+on the CPU `auto` folds in float32; an explicit dtype casts the whole model. The
+metadata records the dtypes actually used.
 """
 
 from __future__ import annotations
@@ -31,8 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_common_arguments(parser, max_tokens=1024,
                          budget="n sequences padded to L residues need n * L^2 <= N^2, "
                                 "i.e. a batch costs at most one N-residue chain",
-                         auto_dtype="on CUDA as the config builds it (fp16 stem and "
-                                    "fp32 trunk with esmfold_config.fp16_esm, else float32), "
+                         auto_dtype="float16 stem and float32 trunk on CUDA, "
                                     "float32 on CPU")  # fmt: skip
     parser.add_argument("--max-length", type=_positive, default=1280,
                         help="longer sequences get status too_long (default 1280)")  # fmt: skip
@@ -46,9 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import pyarrow as pa
-    import torch
 
-    from esmpipe.engine.device import describe_device, dtype_name, resolve_device, resolve_dtype
+    from esmpipe.engine.device import describe_device, resolve_device, resolve_fold_dtypes
     from esmpipe.engine.fold import Folder
     from esmpipe.engine.inputs import InputError, read_inputs
     from esmpipe.io.fasta import FastaError
@@ -60,11 +57,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         inputs = read_inputs(args.input)
         device = resolve_device(args.device)
-        if args.dtype == "auto":
-            # None: the dtypes the config builds (an fp16 stem only with fp16_esm).
-            dtype = None if device.type == "cuda" else torch.float32
-        else:
-            dtype = resolve_dtype(args.dtype, device)
+        stem_dtype, dtype = resolve_fold_dtypes(args.dtype, device)
     except (InputError, FastaError, ValueError) as err:
         raise UserError(str(err)) from None
     try:
@@ -73,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
         )
     except (OSError, ValueError) as err:
         raise UserError(f"--model {args.model}: cannot load the checkpoint: {err}") from None
+    model.esm.to(stem_dtype)
     model.eval()
-    precision = dtype_name(dtype) if dtype is not None else _precision_split(model)
+    precision = _precision_split(model)
     folder = Folder(model, max_tokens=args.max_tokens, max_length=args.max_length,
                     num_recycles=args.num_recycles, chunk_size=args.chunk_size)  # fmt: skip
     log.info("fold: %d distinct sequences from %s on %s (%s)", len(inputs.sequences),

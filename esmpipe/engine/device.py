@@ -44,6 +44,22 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def resolve_fold_dtypes(
+    name: str, device: torch.device
+) -> tuple[torch.dtype, torch.dtype]:
+    """(stem dtype, trunk dtype) for `esmpipe fold --dtype name` on `device`.
+
+    `auto` on CUDA runs the ESM-2 stem in float16 and the folding trunk in
+    float32, the precision ESMFold was published with (the original code always
+    halves its 3B-parameter stem; the trunk's pair updates need fp32 range).
+    `auto` on the CPU is float32 throughout; an explicit dtype applies to both.
+    """
+    if name == "auto":
+        return (torch.float16, torch.float32) if device.type == "cuda" else (torch.float32,) * 2
+    dtype = resolve_dtype(name, device)
+    return dtype, dtype
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from esmpipe.engine.device import describe_device, is_oom, resolve_device, resolve_dtype
+from esmpipe.engine.device import (
+    describe_device,
+    is_oom,
+    resolve_device,
+    resolve_dtype,
+    resolve_fold_dtypes,
+)
 
 
 def test_resolve_device() -> None:
@@ -33,3 +39,11 @@ def test_resolve_dtype() -> None:
 def test_is_oom() -> None:
     assert is_oom(torch.cuda.OutOfMemoryError("x"))
     assert not is_oom(RuntimeError("x"))
+
+
+def test_fold_precision_policy() -> None:
+    # auto on CUDA: fp16 stem, fp32 trunk (ESMFold's published setup); no GPU needed
+    # to check the policy itself.
+    assert resolve_fold_dtypes("auto", torch.device("cuda")) == (torch.float16, torch.float32)
+    assert resolve_fold_dtypes("auto", torch.device("cpu")) == (torch.float32, torch.float32)
+    assert resolve_fold_dtypes("bfloat16", torch.device("cpu")) == (torch.bfloat16,) * 2
