@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "esmpipe.commands.fold",
     "esmpipe.commands.gather",
     "esmpipe.commands.query",
+    "esmpipe.commands.report_stats",
 )
 
 

@@ -1,0 +1,51 @@
+"""`esmpipe gather`: build the cohort's result tables from ingest tables and cache parts."""
+
+from __future__ import annotations
+
+import argparse
+
+from esmpipe.cli import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "gather",
+        help="gather results/proteins, results/embeddings or results/structures",
+        description=(
+            "--table embeddings|structures: the stage's results for the plan's cohort "
+            "(from old and new cache parts) plus a (seq_hash, status) table. "
+            "--table proteins: one row per input record with each stage's status."
+        ),
+    )
+    p.add_argument("--table", required=True, choices=("proteins", "embeddings", "structures"))
+    p.add_argument("--output", required=True, help="output folder (replaced)")
+    p.add_argument("--plan", help="the stage's plan folder (embeddings, structures)")
+    p.add_argument("--status-output", help="(seq_hash, status) Parquet (embeddings, structures)")
+    p.add_argument("--ingest", nargs="+", metavar="PARQUET", help="ingest tables (proteins)")
+    p.add_argument("--status", action="append", default=[], metavar="STAGE=PARQUET",
+                   help="a stage's status table (proteins); repeat per stage")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from esmpipe.pipeline.gather import STAGES, GatherError, gather_proteins, gather_stage
+
+    try:
+        if args.table == "proteins":
+            if not args.ingest:
+                raise UserError("--table proteins needs --ingest")
+            status = {}
+            for item in args.status:
+                stage, sep, path = item.partition("=")
+                if not sep or stage not in STAGES:
+                    raise UserError(f"--status {item!r}: expected STAGE=PARQUET, STAGE one of "
+                                    f"{', '.join(STAGES)}")
+                status[stage] = path
+            gather_proteins(args.ingest, status, args.output)
+        else:
+            if not args.plan or not args.status_output:
+                raise UserError(f"--table {args.table} needs --plan and --status-output")
+            gather_stage(args.plan, args.output, args.status_output)
+    except GatherError as err:
+        raise UserError(str(err)) from err
+    return 0

@@ -1,0 +1,97 @@
+"""Parquet writers for the cohort-level tables: atomic, streaming, with metadata.
+
+The workflow's outputs are read while other jobs run, so every file is written
+under a temporary name in its destination folder and renamed into place; a
+reader sees the old file or the new one, never half a file. Run settings go into
+the schema metadata under the key `esmpipe`, as JSON, the convention of
+`esmpipe.io.tables` (read them back with `esmpipe.io.tables.read_metadata`).
+These writers add what the cohort tables need beyond `write_parquet_atomic`:
+streaming into numbered part files, so a table of structures never sits in
+memory, and files as readable as any other new file (not mkstemp's 0600).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from esmpipe.io.tables import METADATA_KEY
+
+
+def with_metadata(schema: pa.Schema, metadata: dict | None) -> pa.Schema:
+    """`schema` with `metadata` merged into its `esmpipe` JSON entry."""
+    existing = dict(schema.metadata or {})
+    merged = json.loads(existing.get(METADATA_KEY, b"{}"))
+    merged.update({k: v for k, v in (metadata or {}).items()})
+    existing[METADATA_KEY] = json.dumps(merged, sort_keys=True).encode()
+    return schema.with_metadata(existing)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it to `path` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    # mkstemp makes the file private (0600); results are shared like any new file.
+    os.chmod(tmp, 0o666 & ~_umask())
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_table(table: pa.Table, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """Write `table` to `path` atomically (zstd), merging `metadata` into the schema."""
+    table = table.replace_schema_metadata(with_metadata(table.schema, metadata).metadata)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def write_parts(
+    batches: Iterable[pa.RecordBatch],
+    schema: pa.Schema,
+    folder: str | os.PathLike,
+    metadata: dict | None = None,
+    rows_per_file: int = 20000,
+) -> int:
+    """Stream batches into `folder/part-00000.parquet`, `part-00001.parquet`, ...
+
+    A new file starts once the current one holds `rows_per_file` rows, so memory
+    stays at one batch however large the table. At least one file is written (an
+    empty table has its schema), so readers of the folder always find the columns.
+    Returns the row count.
+    """
+    folder = Path(folder)
+    schema = with_metadata(schema, metadata)
+    iterator = (b for b in batches if b.num_rows)
+    pending = next(iterator, None)
+    rows, index = 0, 0
+    while True:
+        with atomic_path(folder / f"part-{index:05d}.parquet") as tmp, \
+                pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            in_file = 0
+            while pending is not None and in_file < rows_per_file:
+                writer.write_batch(pending.cast(schema))
+                in_file += pending.num_rows
+                pending = next(iterator, None)
+        rows += in_file
+        index += 1
+        if pending is None:
+            return rows

@@ -1,0 +1,35 @@
+import stat
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+
+from esmpipe.io.tables import read_metadata
+from esmpipe.pipeline.tables import atomic_path, write_parts, write_table
+
+
+def test_write_parts_rolls_over_and_keeps_metadata(tmp_path):
+    table = pa.table({"seq_hash": [f"h{i}" for i in range(10)], "length": list(range(10))})
+    rows = write_parts(table.to_batches(max_chunksize=3), table.schema, tmp_path / "t",
+                       {"model": "m"}, rows_per_file=4)
+    files = sorted((tmp_path / "t").iterdir())
+    assert rows == 10 and [f.name for f in files] == ["part-00000.parquet", "part-00001.parquet"]
+    assert ds.dataset(tmp_path / "t").to_table().equals(table)
+    assert all(read_metadata(f) == {"model": "m"} for f in files)
+
+
+def test_empty_table_still_has_a_file_with_the_schema(tmp_path):
+    schema = pa.schema([("seq_hash", pa.string())])
+    assert write_parts([], schema, tmp_path / "t") == 0
+    assert ds.dataset(tmp_path / "t").schema.names == ["seq_hash"]
+
+
+def test_write_table_is_atomic_and_readable(tmp_path):
+    path = tmp_path / "x.parquet"
+    write_table(pa.table({"a": [1]}), path, {"k": "v"})
+    assert read_metadata(path) == {"k": "v"}
+    assert stat.S_IMODE(path.stat().st_mode) & 0o044  # not left private like a mkstemp file
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "z.parquet") as tmp:
+        tmp.write_text("half a file")
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.parquet"]
