@@ -1,0 +1,12 @@
+# Random-weight checkpoints for the offline demo and tests: `model: {preset: NAME}`.
+
+
+rule init_model:
+    output:
+        directory("resources/models/{preset}"),
+    log:
+        "logs/init_model/{preset}.log",
+    benchmark:
+        "logs/benchmarks/init_model/{preset}.tsv"
+    run:
+        shell("esmpipe init-model --preset {wildcards.preset} --output {output} > {log} 2>&1")

@@ -1,0 +1,43 @@
+# Counts and pLDDT pictures for `snakemake --report report.html`.
+
+
+rule report_stats:
+    input:
+        ["results/proteins"] + [f"results/{RESULT_TABLE[stage]}" for stage in ENABLED],
+    output:
+        counts=report(
+            "results/report/counts.tsv",
+            caption="../report/counts.rst",
+            category="Cohort",
+            labels={"table": "counts per sample"},
+        ),
+        per_sample=report(
+            "results/report/plddt_per_sample.png",
+            caption="../report/plddt_per_sample.rst",
+            category="Structures",
+            labels={"figure": "pLDDT per sample"},
+        ),
+        ptm=report(
+            "results/report/ptm_vs_plddt.png",
+            caption="../report/ptm_vs_plddt.rst",
+            category="Structures",
+            labels={"figure": "pTM vs pLDDT"},
+        ),
+        length=report(
+            "results/report/length_vs_plddt.png",
+            caption="../report/length_vs_plddt.rst",
+            category="Structures",
+            labels={"figure": "length vs pLDDT"},
+        ),
+    params:
+        min_plddt=CONFIG["high_confidence"]["mean_plddt"],
+        min_ptm=CONFIG["high_confidence"]["ptm"],
+    log:
+        "logs/report_stats.log",
+    benchmark:
+        "logs/benchmarks/report_stats.tsv"
+    run:
+        shell(
+            "esmpipe report-stats --results results --output-dir results/report"
+            " --min-plddt {params.min_plddt} --min-ptm {params.min_ptm} > {log} 2>&1"
+        )
