@@ -1,0 +1,59 @@
+"""The workflow lints clean and both profiles resolve a dry run (no cluster needed)."""
+
+import pytest
+
+from .runner import PROFILES, prepare_demo, snakemake
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return prepare_demo(tmp_path_factory.mktemp("static"))
+
+
+def test_lint(workdir, demo_env):
+    result = snakemake(workdir, "--configfile", "config/demo.yaml", "--lint", env=demo_env)
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("profile", ["local", "slurm"])
+def test_dry_run(workdir, demo_env, profile):
+    result = snakemake(workdir, "--profile", str(PROFILES / profile),
+                       "--configfile", "config/demo.yaml", "-n", env=demo_env)
+    out = result.stdout + result.stderr
+    assert "ingest" in out and "plan" in out
+    assert not (workdir / "results").exists()
+
+
+def test_published_models_config_resolves(workdir, demo_env):
+    """config/config.yaml names the published models; only the sample sheet is the user's."""
+    sheet = workdir / "config" / "my_samples.tsv"
+    sheet.write_text("sample\tpath\ttype\ns1\tdemo/sample_a.faa\tprotein\n")
+    result = snakemake(workdir, "--configfile", "config/config.yaml",
+                       "--config", f"samples={sheet}", "-n", env=demo_env)
+    assert "plan" in result.stdout + result.stderr
+
+
+def test_bad_sample_sheet_names_the_row(workdir, demo_env):
+    sheet = workdir / "config" / "bad.tsv"
+    sheet.write_text("sample\tpath\ttype\ns1\tdemo/sample_a.faa\tprotein\ns2\tdemo/x.faa\tdna\n")
+    result = snakemake(workdir, "--configfile", "config/demo.yaml", "--config",
+                       f"samples={sheet}", "-n", env=demo_env, check=False)
+    assert result.returncode != 0
+    assert "line 3 (sample 's2'): type: 'dna' is not one of" in result.stdout + result.stderr
+
+
+def test_bad_config_names_the_field(workdir, demo_env):
+    result = snakemake(workdir, "--configfile", "config/demo.yaml", "--config",
+                       "fold={'model': 'x', 'dtype': 'fp8'}", "-n", env=demo_env, check=False)
+    assert result.returncode != 0
+    assert "fold.dtype: 'fp8' is not one of" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("off", "on"), [("embed", "fold"), ("fold", "embed")])
+def test_a_stage_switched_off(workdir, demo_env, off, on):
+    result = snakemake(workdir, "--configfile", "config/demo.yaml", "--config", f"{off}=false",
+                       "-n", "--forceall", env=demo_env)
+    out = result.stdout + result.stderr
+    table = {"embed": "results/embeddings", "fold": "results/structures"}
+    assert f"output: work/plan/{on}" in out and f"output: work/plan/{off}" not in out
+    assert table[on] in out and table[off] not in out
