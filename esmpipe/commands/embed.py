@@ -41,7 +41,12 @@ def add_common_arguments(
     parser.add_argument("--dtype", default="auto",
                         choices=("auto", "float32", "float16", "bfloat16"),
                         help=f"auto: {auto_dtype}")  # fmt: skip
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto",
+                        help="auto (default): the CPU without CUDA, the GPU when one is visible; "
+                             "with several, a GPU no other esmpipe process holds, claimed by a "
+                             "lock file in $ESMPIPE_GPU_LOCK_DIR (default: the temp folder), "
+                             "waiting while all are held. cpu, cuda or cuda:N: that device, "
+                             "no lock")  # fmt: skip
     parser.add_argument("--max-tokens", type=_positive, default=max_tokens,
                         help=f"batch budget: {budget} (default {max_tokens})")  # fmt: skip
 

@@ -1,6 +1,10 @@
 """Device and precision policy for inference (kept out of the models, which are pure).
 
-- `--device auto`: the first CUDA device when one is available, else the CPU.
+- `--device auto`: the CPU without CUDA; the one CUDA device when one is
+  visible (under SLURM, the allocated GPU); with several visible, a GPU that no
+  other esmpipe process holds, claimed for this process's lifetime (see
+  `claim_gpu`), so that Snakemake jobs run with `--resources gpu=N` each get
+  their own GPU instead of all sharing device 0.
 - `--dtype auto`: bfloat16 on a CUDA device that supports it, float16 on an
   older one, float32 on the CPU (reduced precision on CPU is slow and, for
   half, unsupported by many kernels).
@@ -8,15 +12,45 @@
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
 import torch
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
+_CLAIM: GpuClaim | None = None  # held for the process's lifetime: closing it frees the GPU
+
 
 def resolve_device(name: str) -> torch.device:
-    """`auto`, `cpu`, `cuda` or `cuda:N` to a torch.device; ValueError if unusable here."""
+    """`auto`, `cpu`, `cuda` or `cuda:N` to a torch.device; ValueError if unusable here.
+
+    `auto` with several visible GPUs claims a free one (`claim_gpu`), waiting
+    while all are held; an explicit device or a single visible GPU takes no lock.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        count = torch.cuda.device_count()
+        if count == 1:
+            return torch.device("cuda")
+        global _CLAIM
+        if _CLAIM is None:
+            _CLAIM = claim_gpu(count)
+        # Make the claimed GPU current too, so that calls without a device
+        # (empty_cache, is_bf16_supported) neither touch nor measure GPU 0.
+        torch.cuda.set_device(_CLAIM.index)
+        return torch.device("cuda", _CLAIM.index)
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -33,6 +67,78 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+@dataclass
+class GpuClaim:
+    """An exclusive flock on one GPU's lock file; the OS drops it when the process
+    exits, or `release()` does. Keep the object referenced while using the GPU."""
+
+    index: int
+    path: Path
+    file: IO[bytes]
+
+    def release(self) -> None:
+        self.file.close()
+
+
+def gpu_key(index: int) -> str:
+    """The GPU's UUID (the same under any CUDA_VISIBLE_DEVICES order), else its index."""
+    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    return str(uuid) if uuid else str(index)
+
+
+def claim_gpu(
+    count: int,
+    key: Callable[[int], str] = gpu_key,
+    *,
+    lock_dir: str | os.PathLike | None = None,
+    poll: float = 1.0,
+    timeout: float | None = None,
+) -> GpuClaim:
+    """Claim the first of GPUs 0..count-1 whose lock no other process holds.
+
+    Lock files are `<lock_dir>/esmpipe-gpu-<key>.lock`, lock_dir defaulting to
+    $ESMPIPE_GPU_LOCK_DIR, else the system temp folder. When every GPU is held,
+    poll every `poll` seconds until one frees (TimeoutError after `timeout`
+    seconds; None waits for ever).
+    """
+    folder = Path(lock_dir or os.environ.get("ESMPIPE_GPU_LOCK_DIR") or tempfile.gettempdir())
+    paths = [folder / _lock_name(key(i)) for i in range(count)]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    waiting = False
+    while True:
+        for index, path in enumerate(paths):
+            file = _open_lock(path)
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                file.close()
+                continue
+            log.info("claimed GPU cuda:%d (lock %s)", index, path)
+            return GpuClaim(index, path, file)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(f"all {count} GPUs are held by other processes (locks in {folder})")
+        if not waiting:
+            log.info("all %d GPUs are held by other esmpipe processes; waiting for one "
+                     "(locks in %s)", count, folder)  # fmt: skip
+            waiting = True
+        time.sleep(poll)
+
+
+def _lock_name(key: str) -> str:
+    return "esmpipe-gpu-" + re.sub(r"[^\w.-]", "_", key) + ".lock"
+
+
+def _open_lock(path: Path) -> IO[bytes]:
+    # Read-only suffices for flock, so a lock file another user created still works.
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.fdopen(os.open(path, os.O_RDONLY | os.O_CREAT, 0o666), "rb")
+    except OSError as err:
+        raise ValueError(
+            f"GPU lock file {path}: {err.strerror}; set ESMPIPE_GPU_LOCK_DIR to a writable folder"
+        ) from None
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """`auto` or a dtype name to a torch dtype for `device`."""
     if name != "auto":
@@ -44,9 +150,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def resolve_fold_dtypes(
-    name: str, device: torch.device
-) -> tuple[torch.dtype, torch.dtype]:
+def resolve_fold_dtypes(name: str, device: torch.device) -> tuple[torch.dtype, torch.dtype]:
     """(stem dtype, trunk dtype) for `esmpipe fold --dtype name` on `device`.
 
     `auto` on CUDA runs the ESM-2 stem in float16 and the folding trunk in

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from esmpipe.engine import device as device_module
 from esmpipe.engine.device import (
     describe_device,
     is_oom,
@@ -14,7 +15,10 @@ from esmpipe.engine.device import (
 )
 
 
-def test_resolve_device() -> None:
+def test_resolve_device(tmp_path, monkeypatch) -> None:
+    # On a multi-GPU machine `auto` claims a GPU: keep that lock out of the shared folder.
+    monkeypatch.setenv("ESMPIPE_GPU_LOCK_DIR", str(tmp_path))
+    monkeypatch.setattr(device_module, "_CLAIM", None)
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected
     assert resolve_device("cpu") == torch.device("cpu")
