@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -23,27 +22,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import esmpipe
-from esmpipe.io.tables import read_metadata
+from esmpipe.io.tables import read_metadata, write_parquet_atomic
+from esmpipe.pipeline.config import STAGES
 from esmpipe.pipeline.plan import STAGE_STATUS_SCHEMA, read_manifest
-from esmpipe.pipeline.tables import write_parts, write_table
+from esmpipe.pipeline.tables import atomic_dir, write_parts
 
 log = logging.getLogger(__name__)
 
-STAGES = ("embed", "fold")
 # Metadata of a cache part that describes that part only (besides input*).
 PER_PART_KEYS = ("max_tokens",)
 
 
 class GatherError(RuntimeError):
     """A part the cohort needs is missing or inconsistent."""
-
-
-def _fresh_dir(path: str | os.PathLike) -> Path:
-    folder = Path(path)
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    return folder
 
 
 def stage_parts(plan_dir: str | os.PathLike) -> list[Path]:
@@ -70,8 +61,10 @@ def gather_stage(
     """
     manifest = read_manifest(plan_dir)
     cohort = pq.read_table(Path(plan_dir) / "cohort.parquet")
-    wanted = set(
-        cohort.filter(pc.field("plan") != "too_long")["seq_hash"].to_pylist()
+    # seq_hash -> the part the plan chose for its result. Other parts of the cache
+    # may hold other results for it (an earlier failure, another cohort's run).
+    assigned = dict(
+        zip(cohort["seq_hash"].to_pylist(), cohort["part"].to_pylist(), strict=True)
     )
     parts = stage_parts(plan_dir)
     missing = [str(p) for p in parts if not p.is_file()]
@@ -94,8 +87,7 @@ def gather_stage(
                 statuses = batch.column("status").to_pylist()
                 keep = []
                 for i, (h, s) in enumerate(zip(hashes, statuses, strict=True)):
-                    # A sequence is in one part only, unless a part was computed twice.
-                    if h in wanted and h not in status:
+                    if assigned.get(h) == part.name and h not in status:
                         status[h] = s
                         if s == "ok":
                             keep.append(i)
@@ -119,21 +111,22 @@ def gather_stage(
             "cache_parts": len(parts),
         }
     )
-    out = _fresh_dir(output_dir)
-    rows = write_parts(ok_batches(), schema, out, metadata, rows_per_file)
-
-    lost = wanted.difference(status)
-    if lost:
-        raise GatherError(
-            f"{manifest['stage']}: {len(lost)} sequence(s) planned but absent from the cache "
-            f"parts (e.g. {sorted(lost)[0]}); plan again: snakemake ... --forcerun plan"
-        )
+    with atomic_dir(output_dir) as out:
+        rows = write_parts(ok_batches(), schema, out, metadata, rows_per_file)
+        lost = sorted(h for h, part in assigned.items() if part is not None and h not in status)
+        if lost:
+            example = Path(manifest["cache_dir"]) / assigned[lost[0]]
+            raise GatherError(
+                f"{manifest['stage']}: {len(lost)} sequence(s) planned but absent from their "
+                f"cache parts (e.g. {lost[0]} in {example}); plan again: "
+                "snakemake ... --forcerun plan"
+            )
     for h in cohort.filter(pc.field("plan") == "too_long")["seq_hash"].to_pylist():
         status[h] = "too_long"
     status_table = pa.table(
         {"seq_hash": list(status), "status": list(status.values())}, schema=STAGE_STATUS_SCHEMA
     ).sort_by("seq_hash")
-    write_table(status_table, status_output, {"stage": manifest["stage"]})
+    write_parquet_atomic(status_table, status_output, {"stage": manifest["stage"]})
     counts: dict[str, int] = {}
     for s in status.values():
         counts[s] = counts.get(s, 0) + 1
@@ -183,15 +176,17 @@ def gather_proteins(
     ingest_status = proteins["status"].to_pylist()
     stage_cols: dict[str, list[str | None]] = {stage: [] for stage in STAGES}
     overall: list[str] = []
-    for h, s in zip(hashes, ingest_status, strict=True):
+    for i, (h, s) in enumerate(zip(hashes, ingest_status, strict=True)):
         row: dict[str, str | None] = {}
         for stage in STAGES:
             value = None
             if s == "ok" and stage in stage_maps:
                 value = stage_maps[stage].get(h)
                 if value is None:
+                    record = f"{proteins['sample'][i]}/{proteins['protein_id'][i]}"
                     raise GatherError(
-                        f"{stage}: no status for sequence {h}; the plan is out of date, re-run"
+                        f"{status_tables[stage]}: no {stage} status for record {record} "
+                        f"(seq_hash {h}); the plan is out of date: snakemake ... --forcerun plan"
                     )
             row[stage] = value
             stage_cols[stage].append(value)
@@ -204,13 +199,13 @@ def gather_proteins(
         )
     proteins = proteins.append_column(pa.field("status", pa.string()), pa.array(overall))
 
-    out = _fresh_dir(output_dir)
     metadata = {
         "table": "proteins",
         "stages": sorted(status_tables),
         "esmpipe_version": esmpipe.__version__,
     }
-    write_parts(proteins.to_batches(max_chunksize=65536), proteins.schema, out, metadata,
-                rows_per_file)
+    with atomic_dir(output_dir) as out:
+        write_parts(proteins.to_batches(max_chunksize=65536), proteins.schema, out, metadata,
+                    rows_per_file)
     log.info("proteins: %d rows", proteins.num_rows)
     return proteins.num_rows

@@ -12,7 +12,8 @@ A plan folder holds:
   input of one `esmpipe embed` / `esmpipe fold` job whose output is
   `<cache_dir>/<shard_id>.parquet`;
 - `cohort.parquet`: every distinct valid sequence of the cohort with its `plan`
-  ("cached", "planned" or "too_long");
+  ("cached", "planned" or "too_long") and the cache `part` that holds (or will
+  hold) its result, so gathering reads each result from exactly one part;
 - `manifest.json`: settings, cache folder, the cached parts the cohort needs and
   the new shards.
 """
@@ -29,8 +30,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from esmpipe.io.tables import read_metadata, write_parquet_atomic
 from esmpipe.pipeline.sharding import make_shards, settings_key
-from esmpipe.pipeline.tables import atomic_path, write_table
+from esmpipe.pipeline.tables import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,15 @@ SHARD_SCHEMA = pa.schema(
 )
 STAGE_STATUS_SCHEMA = pa.schema([("seq_hash", pa.string()), ("status", pa.string())])
 COHORT_SCHEMA = pa.schema(
-    [("seq_hash", pa.string()), ("length", pa.int32()), ("plan", pa.string())]
+    [("seq_hash", pa.string()), ("length", pa.int32()), ("plan", pa.string()),
+     ("part", pa.string())]
 )
+# Results the stage settings determine. Any other status (out_of_memory) depends on
+# the GPU and on knobs left out of the settings (max_tokens, chunk_size), so such a
+# sequence is not a cache hit: the next planning (a new sample, `--forcerun plan`)
+# shards it again. "too_long" counts only under a length limit no higher than the
+# one the part was computed with (`cached_hashes`).
+FINAL_STATUSES = ("ok", "too_long")
 
 
 class PlanError(RuntimeError):
@@ -71,21 +80,32 @@ def distinct_sequences(ingest_tables: Iterable[str | os.PathLike]) -> pa.Table:
     return distinct.sort_by("seq_hash")
 
 
-def cached_hashes(cache_dir: str | os.PathLike) -> dict[str, str]:
-    """seq_hash -> name of the cache part (file name) holding its result."""
+def cached_hashes(cache_dir: str | os.PathLike, max_length: int | None = None) -> dict[str, str]:
+    """seq_hash -> name of the cache part (file name) holding its final result.
+
+    The engine marks a sequence "too_long" by the limit it ran with (recorded in the
+    part's metadata as `max_length`): the model's default when the config gives
+    none, and the planner then passes it every length. Under a higher `max_length`
+    now, such a sequence is computed again.
+    """
     found: dict[str, str] = {}
     folder = Path(cache_dir)
     if not folder.is_dir():
         return found
     for part in sorted(folder.glob("*.parquet")):
         try:
-            hashes = pq.read_table(part, columns=["seq_hash"])["seq_hash"].to_pylist()
+            table = pq.read_table(part, columns=["seq_hash", "status"])
+            limit = read_metadata(part).get("max_length")
         except (OSError, pa.ArrowException) as err:
             raise PlanError(
                 f"cache part {part} cannot be read ({err}); delete it and re-run, "
                 "its sequences will be computed again"
             ) from err
-        for h in hashes:
+        statuses = FINAL_STATUSES
+        if max_length is not None and (limit is None or max_length > limit):
+            statuses = tuple(s for s in statuses if s != "too_long")
+        final = pc.is_in(table["status"], pa.array(statuses))
+        for h in table.filter(final)["seq_hash"].to_pylist():
             found.setdefault(h, part.name)
     return found
 
@@ -101,38 +121,38 @@ def plan_stage(
     cost_exponent: float,
     max_length: int | None,
 ) -> dict:
-    """Plan one stage into `output_dir` (see the module docstring); returns the manifest."""
-    out = Path(output_dir)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
+    """Plan one stage into `output_dir` (see the module docstring); returns the manifest.
+
+    The folder is replaced whole, so no shard of an earlier plan survives in it.
+    """
     key = settings_key(settings)
     seqs = distinct_sequences(ingest_tables)
-    cache = cached_hashes(cache_dir)
+    cache = cached_hashes(cache_dir, max_length)
 
     hashes = seqs["seq_hash"].to_pylist()
     lengths = seqs["length"].to_pylist()
     plan: list[str] = []
+    part: dict[str, str] = {}
     todo: list[tuple[str, int]] = []
-    needed_parts: set[str] = set()
     for h, length in zip(hashes, lengths, strict=True):
         if max_length is not None and length > max_length:
             plan.append("too_long")
         elif h in cache:
             plan.append("cached")
-            needed_parts.add(cache[h])
+            part[h] = cache[h]
         else:
             plan.append("planned")
             todo.append((h, length))
+    needed_parts = set(part.values())
 
     shards = make_shards(todo, shard_size=shard_size, exponent=cost_exponent, key=key)
-    index = {h: i for i, h in enumerate(hashes)}
     for shard in shards:
-        rows = seqs.take([index[h] for h in shard.seq_hashes])
-        write_table(rows, out / "shards" / f"{shard.shard_id}.parquet", {"stage": stage})
-
+        part.update((h, f"{shard.shard_id}.parquet") for h in shard.seq_hashes)
     cohort = pa.table(
-        {"seq_hash": hashes, "length": lengths, "plan": plan}, schema=COHORT_SCHEMA
+        {"seq_hash": hashes, "length": lengths, "plan": plan,
+         "part": [part.get(h) for h in hashes]},
+        schema=COHORT_SCHEMA,
     )
-    write_table(cohort, out / "cohort.parquet", {"stage": stage, "settings_key": key})
     manifest = {
         "stage": stage,
         "settings": settings,
@@ -151,8 +171,15 @@ def plan_stage(
         ],
         "counts": {name: plan.count(name) for name in ("cached", "planned", "too_long")},
     }
-    with atomic_path(out / "manifest.json") as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    index = {h: i for i, h in enumerate(hashes)}
+    with atomic_dir(output_dir) as out:
+        (out / "shards").mkdir()
+        for shard in shards:
+            rows = seqs.take([index[h] for h in shard.seq_hashes])
+            path = out / "shards" / f"{shard.shard_id}.parquet"
+            write_parquet_atomic(rows, path, {"stage": stage})
+        write_parquet_atomic(cohort, out / "cohort.parquet", {"stage": stage, "settings_key": key})
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     log.info(
         "%s: %d distinct sequences, %d cached, %d too long, %d to compute in %d shards",
         stage, len(hashes), manifest["counts"]["cached"], manifest["counts"]["too_long"],

@@ -2,18 +2,25 @@
 
 `proteins`, `structures` and `embeddings` become views over whatever form each
 table has on disk: a folder of Parquet files (hive-partitioned or not) or one
-`<name>.parquet` file. Absent tables (a stage switched off) are simply not defined.
+`<name>.parquet` file. Absent tables (a stage switched off) are simply not defined
+(see `esmpipe.pipeline.tables.result_tables`).
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import duckdb
 
-TABLES = ("proteins", "structures", "embeddings")
+from esmpipe.io.tables import write_parquet_atomic
+from esmpipe.pipeline.tables import RESULT_TABLES as TABLES
+from esmpipe.pipeline.tables import atomic_path, result_tables
+
 FORMATS = ("table", "csv", "tsv", "parquet", "json")
+
+
+class QueryError(ValueError):
+    """SQL that DuckDB rejects; the message names the tables the results folder has."""
 
 
 def _sql_string(text: str) -> str:
@@ -22,17 +29,15 @@ def _sql_string(text: str) -> str:
 
 def table_sources(results: str | os.PathLike) -> dict[str, str]:
     """Table name -> DuckDB `read_parquet(...)` expression for each table present."""
-    base = Path(results)
     sources = {}
-    for name in TABLES:
-        folder, single = base / name, base / f"{name}.parquet"
-        if folder.is_dir() and any(folder.rglob("*.parquet")):
-            pattern = _sql_string(str(folder / "**" / "*.parquet"))
+    for name, path in result_tables(results).items():
+        if path.is_dir():
+            pattern = _sql_string(str(path / "**" / "*.parquet"))
             sources[name] = (
                 f"read_parquet({pattern}, hive_partitioning = true, union_by_name = true)"
             )
-        elif single.is_file():
-            sources[name] = f"read_parquet({_sql_string(str(single))})"
+        else:
+            sources[name] = f"read_parquet({_sql_string(str(path))})"
     return sources
 
 
@@ -71,14 +76,18 @@ def run_query(
         if rel is None:
             raise ValueError("the statement returns no rows; give a SELECT query")
         table = rel.to_arrow_table()
+    except duckdb.Error as err:
+        # The usual mistake is a table of a stage that is switched off (or misspelt).
+        raise QueryError(
+            f"query failed: {err}\nthe tables under {results} are "
+            f"{', '.join(table_sources(results))}"
+        ) from err
     finally:
         con.close()
     if fmt == "parquet":
         if output is None:
             raise ValueError("--format parquet needs --output FILE")
-        from esmpipe.pipeline.tables import write_table
-
-        write_table(table, output, {"query": sql})
+        write_parquet_atomic(table, output, {"query": sql})
         return None
     frame = table.to_pandas()
     if fmt == "table":
@@ -92,8 +101,6 @@ def run_query(
     else:
         text = frame.to_json(orient="records", lines=True)
     if output is not None:
-        from esmpipe.pipeline.tables import atomic_path
-
         with atomic_path(output) as tmp:
             tmp.write_text(text)
         return None

@@ -14,21 +14,20 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.dataset as ds
 
-from esmpipe.pipeline.tables import atomic_path
+from esmpipe.pipeline.tables import atomic_path, result_tables
 
 COHORT = "cohort"
 PLOTS = ("plddt_per_sample.png", "ptm_vs_plddt.png", "length_vs_plddt.png")
 
 
 def read_result(results: str | os.PathLike, name: str, columns: list[str]) -> pd.DataFrame | None:
-    """A results table (`<results>/<name>/` folder or `<name>.parquet`) or None if absent."""
-    base = Path(results)
-    for candidate in (base / name, base / f"{name}.parquet"):
-        if candidate.exists():
-            dataset = ds.dataset(candidate, format="parquet")
-            present = [c for c in columns if c in dataset.schema.names]
-            return dataset.to_table(columns=present).to_pandas()
-    return None
+    """A results table (see `result_tables`) or None if absent or stale."""
+    path = result_tables(results).get(name)
+    if path is None:
+        return None
+    dataset = ds.dataset(path, format="parquet")
+    present = [c for c in columns if c in dataset.schema.names]
+    return dataset.to_table(columns=present).to_pandas()
 
 
 def cohort_counts(

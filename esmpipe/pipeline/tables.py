@@ -5,15 +5,17 @@ under a temporary name in its destination folder and renamed into place; a
 reader sees the old file or the new one, never half a file. Run settings go into
 the schema metadata under the key `esmpipe`, as JSON, the convention of
 `esmpipe.io.tables` (read them back with `esmpipe.io.tables.read_metadata`).
-These writers add what the cohort tables need beyond `write_parquet_atomic`:
-streaming into numbered part files, so a table of structures never sits in
-memory, and files as readable as any other new file (not mkstemp's 0600).
+Single tables go through `esmpipe.io.tables.write_parquet_atomic`; these writers
+add what the cohort tables need beyond it: streaming into numbered part files, so
+a table of structures never sits in memory, folders replaced whole, and finding
+the result tables of a results folder.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -22,7 +24,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from esmpipe.io.tables import METADATA_KEY
+from esmpipe.io.tables import METADATA_KEY, read_metadata
+
+RESULT_TABLES = ("proteins", "structures", "embeddings")
+STAGE_TABLES = {"embed": "embeddings", "fold": "structures"}
 
 
 def with_metadata(schema: pa.Schema, metadata: dict | None) -> pa.Schema:
@@ -57,11 +62,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def write_table(table: pa.Table, path: str | os.PathLike, metadata: dict | None = None) -> None:
-    """Write `table` to `path` atomically (zstd), merging `metadata` into the schema."""
-    table = table.replace_schema_metadata(with_metadata(table.schema, metadata).metadata)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it replaces `path` whole.
+
+    A reader sees the old folder or the complete new one; a failure leaves the old
+    one as it was. (Only the instant between the two renames shows no folder.)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            # A folder cannot be renamed over a non-empty one: move the old one aside.
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old",
+                                        dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_parts(
@@ -95,3 +120,29 @@ def write_parts(
         index += 1
         if pending is None:
             return rows
+
+
+def result_tables(results: str | os.PathLike) -> dict[str, Path]:
+    """Table name -> folder of Parquet files or `<name>.parquet` file under `results`.
+
+    Absent tables are left out, and so are stale ones: a stage switched off since an
+    earlier run leaves its table behind, and the proteins table (written by every
+    run) lists the stages of the run that wrote it under the metadata key `stages`.
+    """
+    base = Path(results)
+    found: dict[str, Path] = {}
+    for name in RESULT_TABLES:
+        folder, single = base / name, base / f"{name}.parquet"
+        if folder.is_dir() and any(folder.rglob("*.parquet")):
+            found[name] = folder
+        elif single.is_file():
+            found[name] = single
+    proteins = found.get("proteins")
+    if proteins is not None:
+        first = min(proteins.rglob("*.parquet")) if proteins.is_dir() else proteins
+        stages = read_metadata(first).get("stages")
+        if stages is not None:
+            for stage, name in STAGE_TABLES.items():
+                if stage not in stages:
+                    found.pop(name, None)
+    return found

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from esmpipe.pipeline.tables import write_table
+from esmpipe.io.tables import write_parquet_atomic
 
 AA = "ACDEFGHIKLMNPQRSTVWY"
 
@@ -41,18 +41,20 @@ def write_ingest(path: Path, sample: str, records: list[tuple[str, str, str]]) -
             "partial": pa.nulls(len(records), pa.string()),
         }
     )
-    write_table(table, path, {"sample": sample})
+    write_parquet_atomic(table, path, {"sample": sample})
     return path
 
 
 def fake_compute(stage: str, shard: Path, output: Path, *, fail: dict[str, str] | None = None,
-                 dim: int = 8) -> Path:
+                 dim: int = 8, max_length: int = 1022) -> Path:
     """What `esmpipe embed|fold --input shard --output output` writes, with fake numbers.
 
-    `fail` maps seq_hash -> a non-ok status (e.g. out_of_memory)."""
+    `fail` maps seq_hash -> a non-ok status (e.g. out_of_memory); sequences longer
+    than `max_length` (the engine's own limit) get status too_long."""
     fail = fail or {}
     rows = pq.read_table(shard).to_pylist()
-    status = [fail.get(r["seq_hash"], "ok") for r in rows]
+    status = ["too_long" if r["length"] > max_length else fail.get(r["seq_hash"], "ok")
+              for r in rows]
     columns = {
         "seq_hash": [r["seq_hash"] for r in rows],
         "length": pa.array([r["length"] for r in rows], pa.int32()),
@@ -78,7 +80,8 @@ def fake_compute(stage: str, shard: Path, output: Path, *, fail: dict[str, str] 
             pdb=pa.array([f"ATOM {r['seq_hash']}\nEND\n" if k else None
                           for r, k in zip(rows, ok, strict=False)], pa.large_string()),
         )
-    write_table(pa.table(columns), output, {"model": f"fake-{stage}", "revision": "r1"})
+    write_parquet_atomic(pa.table(columns), output,
+                {"model": f"fake-{stage}", "revision": "r1", "max_length": max_length})
     return output
 
 

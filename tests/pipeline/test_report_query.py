@@ -4,7 +4,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from esmpipe.pipeline.query import run_query, table_sources
+from esmpipe.pipeline.query import QueryError, run_query, table_sources
 from esmpipe.pipeline.report import cohort_counts, write_report
 
 from .test_plan_gather import gather_proteins, run_stage
@@ -64,6 +64,35 @@ def test_write_report_without_structures(results, tmp_path):
     assert "folded" in paths["counts"].read_text()
 
 
+def test_write_report_with_nothing_folded(cohort, tmp_path):
+    """Every sequence too long to fold: an empty structures table, empty plots."""
+    run_stage(cohort, "fold", max_length=10)
+    root = cohort["root"]
+    gather_proteins(cohort["ingest"], {"fold": root / "status" / "fold.parquet"},
+                    root / "results" / "proteins")
+    paths = write_report(root / "results", tmp_path / "report")
+    for name in ("plddt_per_sample.png", "ptm_vs_plddt.png", "length_vs_plddt.png"):
+        assert paths[name].read_bytes().startswith(PNG)
+    counts = pd.read_csv(paths["counts"], sep="\t").set_index("sample")
+    assert counts.loc["cohort", "folded"] == 0
+    assert counts.loc["cohort", "skipped_too_long_for_fold"] == 7
+
+
+def test_a_stage_switched_off_leaves_no_stale_table(results, tmp_path):
+    """fold: false after a run with folding: results/structures is still there, but the
+    new proteins table was gathered without fold, so report and query ignore it."""
+    root = results.parent
+    gather_proteins(sorted((root / "ingest").glob("*.parquet")),
+                    {"embed": root / "status" / "embed.parquet"}, results / "proteins")
+    assert (results / "structures").is_dir()
+    assert set(table_sources(results)) == {"proteins", "embeddings"}
+    paths = write_report(results, tmp_path / "report")
+    counts = pd.read_csv(paths["counts"], sep="\t").set_index("sample")
+    assert counts.loc["cohort", "folded"] == 0 and counts.loc["cohort", "high_confidence"] == 0
+    assert counts.loc["cohort", "embedded"] == counts.loc["cohort", "distinct_sequences"]
+    assert paths["ptm_vs_plddt.png"].read_bytes().startswith(PNG)
+
+
 def test_query_formats(results, tmp_path):
     assert set(table_sources(results)) == {"proteins", "structures", "embeddings"}
     sql = "SELECT sample, count(*) AS n FROM proteins GROUP BY sample ORDER BY sample"
@@ -84,3 +113,9 @@ def test_query_formats(results, tmp_path):
         run_query(sql, results, fmt="parquet")
     with pytest.raises(FileNotFoundError, match="no results tables"):
         run_query(sql, tmp_path / "nowhere")
+
+
+def test_query_error_names_the_tables(results):
+    with pytest.raises(QueryError, match="(?s)query failed: .*nowhere.*tables under .* are "
+                                         "proteins, structures, embeddings"):
+        run_query("SELECT * FROM nowhere", results)

@@ -4,8 +4,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from esmpipe.io.tables import read_metadata
-from esmpipe.pipeline.tables import atomic_path, write_parts, write_table
+from esmpipe.io.tables import read_metadata, write_parquet_atomic
+from esmpipe.pipeline.tables import atomic_dir, atomic_path, write_parts
 
 
 def test_write_parts_rolls_over_and_keeps_metadata(tmp_path):
@@ -26,10 +26,25 @@ def test_empty_table_still_has_a_file_with_the_schema(tmp_path):
 
 def test_write_table_is_atomic_and_readable(tmp_path):
     path = tmp_path / "x.parquet"
-    write_table(pa.table({"a": [1]}), path, {"k": "v"})
+    write_parquet_atomic(pa.table({"a": [1]}), path, {"k": "v"})
     assert read_metadata(path) == {"k": "v"}
     assert stat.S_IMODE(path.stat().st_mode) & 0o044  # not left private like a mkstemp file
     with pytest.raises(RuntimeError), atomic_path(tmp_path / "z.parquet") as tmp:
         tmp.write_text("half a file")
         raise RuntimeError("killed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.parquet"]
+
+
+def test_atomic_dir_replaces_the_folder_whole(tmp_path):
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "old.parquet").write_text("old")
+    with atomic_dir(target) as tmp:
+        (tmp / "new.parquet").write_text("new")
+        assert [p.name for p in target.iterdir()] == ["old.parquet"]  # not yet visible
+    assert [p.name for p in target.iterdir()] == ["new.parquet"]
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "half.parquet").write_text("half")
+        raise RuntimeError("killed")
+    assert [p.name for p in target.iterdir()] == ["new.parquet"]
+    assert [p.name for p in tmp_path.iterdir()] == ["t"]  # no temporary folder left

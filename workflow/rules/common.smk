@@ -12,11 +12,11 @@ import shlex
 import yaml
 from snakemake.exceptions import WorkflowError
 
-from esmpipe.pipeline.config import ConfigError, read_sample_sheet, validate_config
+from esmpipe.pipeline.config import STAGES, ConfigError, read_sample_sheet, validate_config
+from esmpipe.pipeline.plan import read_manifest
 from esmpipe.pipeline.sharding import retry_token_budget, settings_key
+from esmpipe.pipeline.tables import STAGE_TABLES as RESULT_TABLE
 
-STAGES = ("embed", "fold")
-RESULT_TABLE = {"embed": "embeddings", "fold": "structures"}
 STAGE_OF = {table: stage for stage, table in RESULT_TABLE.items()}
 
 
@@ -112,9 +112,10 @@ def new_shards(stage):
     """Cache parts this run computes: the shards of the stage's plan (a checkpoint)."""
 
     def parts(wildcards):
-        plan = checkpoints.plan.get(stage=stage).output.plan
-        shards = glob_wildcards(f"{plan}/shards/{{shard}}.parquet").shard
-        return expand(f"{cache_dir(stage)}/{{shard}}.parquet", shard=sorted(shards))
+        # The manifest, not a glob of shards/: it is the plan that gathering reads.
+        manifest = read_manifest(checkpoints.plan.get(stage=stage).output.plan)
+        shards = sorted(s["shard_id"] for s in manifest["shards"])
+        return expand(f"{cache_dir(stage)}/{{shard}}.parquet", shard=shards)
 
     return parts
 
