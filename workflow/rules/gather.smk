@@ -10,6 +10,9 @@ rule gather_stage:
     output:
         table=directory("results/{table}"),
         status="work/status/{table}.parquet",
+    resources:
+        mem_mb=8000,
+        runtime=60,
     log:
         "logs/gather/{table}.log",
     benchmark:
@@ -31,6 +34,9 @@ rule gather_proteins:
         status=" ".join(
             f"--status {stage}=work/status/{RESULT_TABLE[stage]}.parquet" for stage in ENABLED
         ),
+    resources:
+        mem_mb=8000,
+        runtime=60,
     log:
         "logs/gather/proteins.log",
     benchmark:

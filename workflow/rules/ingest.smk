@@ -9,6 +9,9 @@ rule ingest:
         "work/ingest/{sample}.parquet",
     params:
         type=lambda wildcards: SAMPLES[wildcards.sample].type,
+    resources:
+        mem_mb=2000,
+        runtime=60,
     log:
         "logs/ingest/{sample}.log",
     benchmark:

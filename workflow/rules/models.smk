@@ -4,6 +4,9 @@
 rule init_model:
     output:
         directory("resources/models/{preset}"),
+    resources:
+        mem_mb=2000,
+        runtime=10,
     log:
         "logs/init_model/{preset}.log",
     benchmark:

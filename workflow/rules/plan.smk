@@ -14,6 +14,9 @@ checkpoint plan:
         shard_size=lambda wildcards: CONFIG[wildcards.stage]["shard_size"],
         cost_exponent=lambda wildcards: CONFIG[wildcards.stage]["cost_exponent"],
         max_length=lambda wildcards: optional_args(wildcards.stage, ["max_length"]),
+    resources:
+        mem_mb=4000,
+        runtime=30,
     log:
         "logs/plan/{stage}.log",
     benchmark:

@@ -32,6 +32,9 @@ rule report_stats:
     params:
         min_plddt=CONFIG["high_confidence"]["mean_plddt"],
         min_ptm=CONFIG["high_confidence"]["ptm"],
+    resources:
+        mem_mb=4000,
+        runtime=30,
     log:
         "logs/report_stats.log",
     benchmark:
