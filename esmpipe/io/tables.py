@@ -16,7 +16,9 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,15 +78,37 @@ STRUCTURES_SCHEMA = pa.schema(
 )
 
 
-def _merged_schema(table: pa.Table, metadata: Mapping[str, Any] | None) -> pa.Schema:
-    existing = dict(table.schema.metadata or {})
-    merged: dict[str, Any] = {}
-    if METADATA_KEY in existing:
-        merged.update(json.loads(existing[METADATA_KEY]))
-    if metadata:
-        merged.update(metadata)
+def schema_with_metadata(schema: pa.Schema, metadata: Mapping[str, Any] | None) -> pa.Schema:
+    """`schema` with `metadata` merged into its JSON object under b"esmpipe".
+
+    Keys given here win over keys the schema already carries.
+    """
+    existing = dict(schema.metadata or {})
+    merged: dict[str, Any] = json.loads(existing.get(METADATA_KEY, b"{}"))
+    merged.update(metadata or {})
     existing[METADATA_KEY] = json.dumps(merged, sort_keys=True).encode()
-    return table.schema.with_metadata(existing)
+    return schema.with_metadata(existing)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it to `path` on success.
+
+    A reader sees the old file or the new one, never half a file; on failure the
+    temporary file is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    # mkstemp creates the file 0600; give it the mode a plain open() would have.
+    os.chmod(tmp, 0o666 & ~umask())
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_parquet_atomic(
@@ -97,25 +121,13 @@ def write_parquet_atomic(
     `metadata` is merged into the JSON object under the schema key b"esmpipe"
     (keys given here win over keys the table already carries).
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    table = table.replace_schema_metadata(_merged_schema(table, metadata).metadata)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
+    table = table.replace_schema_metadata(schema_with_metadata(table.schema, metadata).metadata)
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        # mkstemp creates the file 0600; give it the mode a plain open() would have.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
-def _umask() -> int:
-    # os.umask can only be read by setting it; restore it at once.
+def umask() -> int:
+    """The process umask (os.umask can only be read by setting it; restored at once)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -12,9 +12,9 @@ import os
 
 import duckdb
 
-from esmpipe.io.tables import write_parquet_atomic
+from esmpipe.io.tables import atomic_path, write_parquet_atomic
 from esmpipe.pipeline.tables import RESULT_TABLES as TABLES
-from esmpipe.pipeline.tables import atomic_path, result_tables
+from esmpipe.pipeline.tables import result_tables
 
 FORMATS = ("table", "csv", "tsv", "parquet", "json")
 

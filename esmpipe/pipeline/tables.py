@@ -5,15 +5,15 @@ under a temporary name in its destination folder and renamed into place; a
 reader sees the old file or the new one, never half a file. Run settings go into
 the schema metadata under the key `esmpipe`, as JSON, the convention of
 `esmpipe.io.tables` (read them back with `esmpipe.io.tables.read_metadata`).
-Single tables go through `esmpipe.io.tables.write_parquet_atomic`; these writers
-add what the cohort tables need beyond it: streaming into numbered part files, so
-a table of structures never sits in memory, folders replaced whole, and finding
-the result tables of a results folder.
+Single files go through `esmpipe.io.tables.write_parquet_atomic` and
+`esmpipe.io.tables.atomic_path`; these writers add what the cohort tables need
+beyond them: streaming into numbered part files, so a table of structures never
+sits in memory, folders replaced whole, and finding the result tables of a
+results folder.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -24,42 +24,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from esmpipe.io.tables import METADATA_KEY, read_metadata
+from esmpipe.io.tables import atomic_path, read_metadata, schema_with_metadata, umask
 
 RESULT_TABLES = ("proteins", "structures", "embeddings")
 STAGE_TABLES = {"embed": "embeddings", "fold": "structures"}
-
-
-def with_metadata(schema: pa.Schema, metadata: dict | None) -> pa.Schema:
-    """`schema` with `metadata` merged into its `esmpipe` JSON entry."""
-    existing = dict(schema.metadata or {})
-    merged = json.loads(existing.get(METADATA_KEY, b"{}"))
-    merged.update({k: v for k, v in (metadata or {}).items()})
-    existing[METADATA_KEY] = json.dumps(merged, sort_keys=True).encode()
-    return schema.with_metadata(existing)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it to `path` on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    # mkstemp makes the file private (0600); results are shared like any new file.
-    os.chmod(tmp, 0o666 & ~_umask())
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @contextmanager
@@ -72,7 +40,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    os.chmod(tmp, 0o777 & ~umask())
     try:
         yield tmp
         old = None
@@ -104,7 +72,7 @@ def write_parts(
     Returns the row count.
     """
     folder = Path(folder)
-    schema = with_metadata(schema, metadata)
+    schema = schema_with_metadata(schema, metadata)
     iterator = (b for b in batches if b.num_rows)
     pending = next(iterator, None)
     rows, index = 0, 0

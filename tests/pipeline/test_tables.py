@@ -4,8 +4,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from esmpipe.io.tables import read_metadata, write_parquet_atomic
-from esmpipe.pipeline.tables import atomic_dir, atomic_path, write_parts
+from esmpipe.io.tables import atomic_path, read_metadata, write_parquet_atomic
+from esmpipe.pipeline.tables import atomic_dir, write_parts
 
 
 def test_write_parts_rolls_over_and_keeps_metadata(tmp_path):
