@@ -4,23 +4,28 @@ Input: FASTA (plain or gzip) or a shard Parquet with `seq_hash`, `sequence`.
 Output: one row per distinct valid sequence (`seq_hash`, `length`, `status`,
 `embedding` as fixed_size_list<float32>[hidden]); the Parquet metadata records
 the model, revision, dtype, device, layer, pooling, versions and settings.
+
+Rows are in the order computed (join on `seq_hash`). Each finished batch is
+saved at once (`esmpipe.io.partial`): a job killed part way and started again
+with the same arguments computes only the sequences it had not finished.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from esmpipe.cli import UserError
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import torch
 
     from esmpipe.engine.inputs import Inputs
+    from esmpipe.io.partial import PartialOutput
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +59,7 @@ def add_common_arguments(
 def run_metadata(
     args: argparse.Namespace,
     inputs: Inputs,
-    statuses: Iterable[str],
+    status_counts: dict[str, int],
     *,
     dtype: str,
     device: torch.device,
@@ -81,8 +86,47 @@ def run_metadata(
         "input_sha256": file_sha256(args.input),
         "input_records": inputs.records,
         "input_skipped": dict(sorted(inputs.skipped.items())),
-        "status_counts": dict(sorted(Counter(statuses).items())),
+        "status_counts": dict(sorted(status_counts.items())),
     }
+
+
+def resume_key(args: argparse.Namespace, **values: Any) -> dict[str, Any]:
+    """What determines a job's values, for `esmpipe.io.partial.PartialOutput`: a retry
+    resumes only a partial output computed from the same input, model and settings."""
+    from esmpipe.io.tables import file_sha256
+
+    return {
+        "command": args.func.__module__,
+        "input_sha256": file_sha256(args.input),
+        "model": str(args.model),
+        "revision": args.revision,
+        **values,
+    }
+
+
+def run_streaming(
+    partial: PartialOutput,
+    inputs: Inputs,
+    run: Callable[[list[str]], Iterator[tuple[list[int], list[Any]]]],
+    rows: Callable[[list[str], list[str], list[Any]], pa.Table],
+) -> int:
+    """Run the engine over the inputs `partial` does not hold yet, writing each batch as
+    it finishes; returns how many sequences this try computed.
+
+    `run(sequences)` yields `(indices, results)` per batch; `rows(hashes, sequences,
+    results)` turns them into the output's rows.
+    """
+    done = partial.done()
+    todo = [i for i, h in enumerate(inputs.hashes) if h not in done]
+    if done:
+        log.info("resuming: %d of %d sequences already computed", len(inputs.hashes) - len(todo),
+                 len(inputs.hashes))  # fmt: skip
+    sequences = [inputs.sequences[i] for i in todo]
+    for indices, results in run(sequences):
+        members = [todo[i] for i in indices]
+        partial.write(rows([inputs.hashes[m] for m in members],
+                           [inputs.sequences[m] for m in members], results))  # fmt: skip
+    return len(todo)
 
 
 def _positive(text: str) -> int:
@@ -115,10 +159,11 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow as pa
 
     from esmpipe.engine.device import describe_device, dtype_name, resolve_device, resolve_dtype
-    from esmpipe.engine.embed import Embedder
+    from esmpipe.engine.embed import OUTPUT_VERSION, Embedder
     from esmpipe.engine.inputs import InputError, read_inputs
     from esmpipe.io.fasta import FastaError
-    from esmpipe.io.tables import EMBEDDINGS_SCHEMA, embedding_array, write_parquet_atomic
+    from esmpipe.io.partial import PartialOutput
+    from esmpipe.io.tables import EMBEDDINGS_SCHEMA, embedding_array
     from esmpipe.models import EsmModel, EsmTokenizer
 
     try:
@@ -143,27 +188,29 @@ def run(args: argparse.Namespace) -> int:
     log.info("embed: %d distinct sequences from %s on %s (%s)", len(inputs.sequences),
              args.input, describe_device(device), dtype_name(dtype))  # fmt: skip
 
-    results = embedder.embed(inputs.sequences)
     dim = embedder.hidden_size
-    table = pa.Table.from_pydict(
-        {
-            "seq_hash": inputs.hashes,
-            "length": [len(s) for s in inputs.sequences],
-            "status": [r.status for r in results],
-            "embedding": embedding_array([r.embedding for r in results], dim),
-        },
-        schema=EMBEDDINGS_SCHEMA(dim),
-    )
-    metadata = run_metadata(
-        args,
-        inputs,
-        (r.status for r in results),
-        dtype=dtype_name(dtype),
-        device=device,
-        layer=args.layer,
-        pooling=args.pooling,
-        max_length=embedder.max_length,
-    )
-    write_parquet_atomic(table, args.output, metadata)
-    log.info("embed: wrote %d rows to %s", table.num_rows, args.output)
+    schema = EMBEDDINGS_SCHEMA(dim)
+
+    def rows(hashes: list[str], sequences: list[str], results: list) -> pa.Table:
+        return pa.Table.from_pydict(
+            {
+                "seq_hash": hashes,
+                "length": [len(s) for s in sequences],
+                "status": [r.status for r in results],
+                "embedding": embedding_array([r.embedding for r in results], dim),
+            },
+            schema=schema,
+        )
+
+    settings = {"layer": args.layer, "pooling": args.pooling, "max_length": embedder.max_length}
+    partial = PartialOutput(
+        args.output, schema,
+        resume_key(args, dtype=dtype_name(dtype), output_version=OUTPUT_VERSION, **settings),
+    )  # fmt: skip
+    run_streaming(partial, inputs, embedder.run, rows)
+    metadata = run_metadata(args, inputs, partial.counts("status"), dtype=dtype_name(dtype),
+                            device=device, output_version=OUTPUT_VERSION,
+                            **settings)  # fmt: skip
+    rows_written = partial.finish(metadata)
+    log.info("embed: wrote %d rows to %s", rows_written, args.output)
     return 0

@@ -4,7 +4,8 @@ Input: FASTA (plain or gzip) or a shard Parquet with `seq_hash`, `sequence`.
 Output: one row per distinct valid sequence (`seq_hash`, `length`, `status`,
 `mean_plddt`, `ptm`, `plddt`, `max_pae`, `mean_pae`, `pdb`); the Parquet
 metadata records the model, revision, dtype, device, recycles, chunk size,
-versions and settings.
+versions and settings. Rows are in the order computed (join on `seq_hash`);
+a job killed part way resumes from its last finished batch, as `esmpipe embed`.
 
 Precision: `--dtype auto` on CUDA runs the ESM-2 stem in float16 and the trunk
 in float32, as ESMFold was published (whatever `esmfold_config.fp16_esm` says);
@@ -18,7 +19,13 @@ import argparse
 import logging
 
 from esmpipe.cli import UserError
-from esmpipe.commands.embed import _positive, add_common_arguments, run_metadata
+from esmpipe.commands.embed import (
+    _positive,
+    add_common_arguments,
+    resume_key,
+    run_metadata,
+    run_streaming,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +53,11 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow as pa
 
     from esmpipe.engine.device import describe_device, resolve_device, resolve_fold_dtypes
-    from esmpipe.engine.fold import Folder
+    from esmpipe.engine.fold import OUTPUT_VERSION, Folder
     from esmpipe.engine.inputs import InputError, read_inputs
     from esmpipe.io.fasta import FastaError
-    from esmpipe.io.tables import STRUCTURES_SCHEMA, write_parquet_atomic
+    from esmpipe.io.partial import PartialOutput
+    from esmpipe.io.tables import STRUCTURES_SCHEMA
     from esmpipe.models import EsmForProteinFolding
 
     if args.num_recycles is not None and args.num_recycles < 0:
@@ -74,34 +82,45 @@ def run(args: argparse.Namespace) -> int:
     log.info("fold: %d distinct sequences from %s on %s (%s)", len(inputs.sequences),
              args.input, describe_device(device), precision)  # fmt: skip
 
-    results = folder.fold(inputs.sequences)
-    table = pa.Table.from_pydict(
-        {
-            "seq_hash": inputs.hashes,
-            "length": [len(s) for s in inputs.sequences],
-            "status": [r.status for r in results],
-            "mean_plddt": [r.mean_plddt for r in results],
-            "ptm": [r.ptm for r in results],
-            "plddt": [r.plddt for r in results],
-            "max_pae": [r.max_pae for r in results],
-            "mean_pae": [r.mean_pae for r in results],
-            "pdb": [r.pdb for r in results],
-        },
-        schema=STRUCTURES_SCHEMA,
-    )
     trunk = model.config.esmfold_config.trunk
+    settings = {
+        "num_recycles": args.num_recycles if args.num_recycles is not None else trunk.max_recycles,
+        "max_length": args.max_length,
+    }
+
+    def rows(hashes: list[str], sequences: list[str], results: list) -> pa.Table:
+        return pa.Table.from_pydict(
+            {
+                "seq_hash": hashes,
+                "length": [len(s) for s in sequences],
+                "status": [r.status for r in results],
+                "mean_plddt": [r.mean_plddt for r in results],
+                "ptm": [r.ptm for r in results],
+                "plddt": [r.plddt for r in results],
+                "max_pae": [r.max_pae for r in results],
+                "mean_pae": [r.mean_pae for r in results],
+                "pdb": [r.pdb for r in results],
+            },
+            schema=STRUCTURES_SCHEMA,
+        )
+
+    partial = PartialOutput(
+        args.output, STRUCTURES_SCHEMA,
+        resume_key(args, dtype=precision, output_version=OUTPUT_VERSION, **settings),
+    )  # fmt: skip
+    run_streaming(partial, inputs, folder.run, rows)
     metadata = run_metadata(
         args,
         inputs,
-        (r.status for r in results),
+        partial.counts("status"),
         dtype=precision,
         device=device,
-        num_recycles=args.num_recycles if args.num_recycles is not None else trunk.max_recycles,
+        output_version=OUTPUT_VERSION,
         chunk_size=args.chunk_size if args.chunk_size is not None else trunk.chunk_size,
-        max_length=args.max_length,
+        **settings,
     )
-    write_parquet_atomic(table, args.output, metadata)
-    log.info("fold: wrote %d rows to %s", table.num_rows, args.output)
+    rows_written = partial.finish(metadata)
+    log.info("fold: wrote %d rows to %s", rows_written, args.output)
     return 0
 
 

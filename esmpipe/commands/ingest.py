@@ -23,8 +23,9 @@ import pyarrow as pa
 from esmpipe import __version__
 from esmpipe.cli import UserError
 from esmpipe.io.fasta import FastaError, read_fasta
-from esmpipe.io.sequences import STATUS_OK, normalise_sequence, seq_hash
+from esmpipe.io.sequences import normalise_sequence, seq_hash
 from esmpipe.io.tables import PROTEINS_SCHEMA, file_sha256, write_parquet_atomic
+from esmpipe.status import OK
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def build_table(sample: str, rows: Iterable[dict]) -> tuple[pa.Table, Counter, i
         statuses[status] += 1
         columns["sample"].append(sample)
         columns["protein_id"].append(protein_id)
-        columns["seq_hash"].append(seq_hash(sequence) if status == STATUS_OK else None)
+        columns["seq_hash"].append(seq_hash(sequence) if status == OK else None)
         columns["sequence"].append(sequence)
         columns["length"].append(len(sequence))
         columns["status"].append(status)

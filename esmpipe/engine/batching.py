@@ -1,4 +1,4 @@
-"""Which sequences run together: de-duplication, token-budget batches, OOM splitting.
+"""Which sequences run together: de-duplication and token-budget batches.
 
 Batches are built from lengths alone, deterministically: sequences sorted by
 length, longest first (ties in input order), then cut greedily so that each
@@ -17,11 +17,8 @@ the budget shapes batches, it does not reject sequences (`--max-length` does).
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -70,54 +67,3 @@ def dedup(keys: Sequence[T]) -> tuple[list[T], list[int]]:
     first: dict[T, int] = {}
     inverse = [first.setdefault(k, len(first)) for k in keys]
     return list(first), inverse
-
-
-class OutOfMemory:
-    """Marks an item that ran out of device memory even alone in its batch."""
-
-    def __repr__(self) -> str:
-        return "OutOfMemory()"
-
-
-OUT_OF_MEMORY = OutOfMemory()
-
-R = TypeVar("R")
-
-
-def run_splitting_on_oom(
-    batch: list[int],
-    run: Callable[[list[int]], list[R]],
-    is_oom: Callable[[BaseException], bool],
-    on_oom: Callable[[], None] = lambda: None,
-) -> Iterator[tuple[int, R | OutOfMemory]]:
-    """Run `run(batch)` (one result per index); on out-of-memory split in halves and retry.
-
-    Yields (index, result) for every index of `batch`, in batch order; an index
-    that runs out of memory alone yields `OUT_OF_MEMORY`. `on_oom` is called
-    after each failure (to free cached device memory before the retry).
-    """
-    try:
-        results = run(batch)
-        failed = False
-    except Exception as err:
-        if not is_oom(err):
-            raise
-        failed = True
-    # NOTE: the retry happens outside the except block on purpose: while the
-    # exception is alive its traceback keeps the failed forward's tensors alive,
-    # and the halves would run out of memory too.
-    if failed:
-        on_oom()
-        if len(batch) == 1:
-            log.warning("out of memory on a single sequence (index %d); skipped", batch[0])
-            yield batch[0], OUT_OF_MEMORY
-            return
-        half = len(batch) // 2
-        log.info("out of memory on a batch of %d; retrying as %d + %d", len(batch), half,
-                 len(batch) - half)  # fmt: skip
-        yield from run_splitting_on_oom(batch[:half], run, is_oom, on_oom)
-        yield from run_splitting_on_oom(batch[half:], run, is_oom, on_oom)
-        return
-    if len(results) != len(batch):
-        raise RuntimeError(f"batch of {len(batch)} gave {len(results)} results")
-    yield from zip(batch, results, strict=True)

@@ -24,25 +24,26 @@ single sequence that still does not fit gets status "out_of_memory".
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from esmpipe.engine.batching import OutOfMemory, embed_cost, make_batches, run_splitting_on_oom
+from esmpipe.engine.batching import embed_cost, make_batches
 from esmpipe.engine.device import free_device_memory, is_oom
+from esmpipe.engine.runner import Progress, run_batches
+from esmpipe.status import OK, OUT_OF_MEMORY, TOO_LONG
 
 if TYPE_CHECKING:
     from esmpipe.models import EsmConfig, EsmTokenizer
 
 log = logging.getLogger(__name__)
 
-STATUS_OK = "ok"
-STATUS_TOO_LONG = "too_long"
-STATUS_OUT_OF_MEMORY = "out_of_memory"
+# Bump when a change alters the values this engine writes: cached results carry it,
+# and a cache part of another version is computed again.
+OUTPUT_VERSION = 1
 
 ROTARY_DEFAULT_MAX_LENGTH = 1022
 
@@ -98,6 +99,7 @@ class Embedder:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @torch.inference_mode()
     def _forward(self, sequences: list[str]) -> list[np.ndarray]:
         """Mean-pooled [C] float32 vectors for one batch."""
         # NOTE: letters are spaced out so that every residue is exactly one token: the
@@ -123,38 +125,34 @@ class Embedder:
         pooled = (hidden.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         return list(pooled.cpu().numpy())
 
-    @torch.inference_mode()
     def embed(self, sequences: Sequence[str]) -> list[EmbedResult]:
         """One result per input sequence, in input order."""
         results: list[EmbedResult | None] = [None] * len(sequences)
-        runnable = []
-        for i, seq in enumerate(sequences):
-            if len(seq) > self.max_length:
-                results[i] = EmbedResult(STATUS_TOO_LONG, None)
-            else:
-                runnable.append(i)
+        for indices, batch in self.run(sequences):
+            for i, result in zip(indices, batch, strict=True):
+                results[i] = result
+        return results  # type: ignore[return-value]
+
+    def run(self, sequences: Sequence[str]) -> Iterator[tuple[list[int], list[EmbedResult]]]:
+        """Results batch by batch as `(indices into sequences, results)`: first the
+        sequences over the length limit, then each batch as soon as it is computed."""
+        runnable = [i for i, seq in enumerate(sequences) if len(seq) <= self.max_length]
+        rejected = sorted(set(range(len(sequences))) - set(runnable))
+        if rejected:
+            yield rejected, [EmbedResult(TOO_LONG, None) for _ in rejected]
         lengths = [len(sequences[i]) for i in runnable]
         batches = make_batches(lengths, self.max_tokens, embed_cost)
-        started = time.monotonic()
-        done = 0
-        residues = 0
-        for b, batch in enumerate(batches):
-            def run(members: list[int]) -> list[np.ndarray]:
-                return self._forward([sequences[runnable[m]] for m in members])
-
-            for member, vector in run_splitting_on_oom(
-                batch, run, is_oom, lambda: free_device_memory(self.device)
-            ):
-                i = runnable[member]
-                if isinstance(vector, OutOfMemory):
-                    results[i] = EmbedResult(STATUS_OUT_OF_MEMORY, None)
-                else:
-                    results[i] = EmbedResult(STATUS_OK, vector.astype(np.float32, copy=False))
-                done += 1
-                residues += len(sequences[i])
-            elapsed = max(time.monotonic() - started, 1e-9)
-            log.info(
-                "embed: batch %d/%d, %d/%d sequences, %.1f sequences/s, %.0f residues/s",
-                b + 1, len(batches), done, len(runnable), done / elapsed, residues / elapsed,
-            )  # fmt: skip
-        return results  # type: ignore[return-value]
+        for batch, vectors in run_batches(
+            batches,
+            lambda members: self._forward([sequences[runnable[m]] for m in members]),
+            is_oom=is_oom,
+            free_memory=lambda: free_device_memory(self.device),
+            out_of_memory=lambda member: None,
+            progress=Progress("embed", lengths),
+            lengths=lengths,
+        ):
+            yield [runnable[m] for m in batch], [
+                EmbedResult(OUT_OF_MEMORY, None) if v is None
+                else EmbedResult(OK, v.astype(np.float32, copy=False))
+                for v in vectors
+            ]  # fmt: skip

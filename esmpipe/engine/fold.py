@@ -26,24 +26,25 @@ sequence that still does not fit gets status "out_of_memory".
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from esmpipe.engine.batching import OutOfMemory, fold_cost, make_batches, run_splitting_on_oom
+from esmpipe.engine.batching import fold_cost, make_batches
 from esmpipe.engine.device import free_device_memory, is_oom
+from esmpipe.engine.runner import Progress, run_batches
 from esmpipe.io.structure import to_pdb
 from esmpipe.models.esmfold import residue_constants as rc
 from esmpipe.models.esmfold.geometry import atom14_to_atom37
+from esmpipe.status import OK, OUT_OF_MEMORY, TOO_LONG
 
 log = logging.getLogger(__name__)
 
-STATUS_OK = "ok"
-STATUS_TOO_LONG = "too_long"
-STATUS_OUT_OF_MEMORY = "out_of_memory"
+# Bump when a change alters the values this engine writes: cached results carry it,
+# and a cache part of another version is computed again.
+OUTPUT_VERSION = 1
 
 DEFAULT_MAX_LENGTH = 1280
 CA = rc.atom_order["CA"]
@@ -88,6 +89,7 @@ class Folder:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @torch.inference_mode()
     def _fold_batch(self, sequences: list[str]) -> list[FoldResult]:
         out = self.model.infer(sequences, num_recycles=self.num_recycles)
         batch = {
@@ -126,7 +128,7 @@ class Folder:
             )
             results.append(
                 FoldResult(
-                    status=STATUS_OK,
+                    status=OK,
                     mean_plddt=float(ca.mean()),
                     ptm=float(ptm[i]),
                     plddt=ca,
@@ -137,35 +139,32 @@ class Folder:
             )
         return results
 
-    @torch.inference_mode()
     def fold(self, sequences: Sequence[str]) -> list[FoldResult]:
         """One result per input sequence, in input order."""
         results: list[FoldResult | None] = [None] * len(sequences)
-        runnable = []
-        for i, seq in enumerate(sequences):
-            if len(seq) > self.max_length:
-                results[i] = FoldResult(STATUS_TOO_LONG)
-            else:
-                runnable.append(i)
-        lengths = [len(sequences[i]) for i in runnable]
-        batches = make_batches(lengths, self.max_tokens**2, fold_cost)
-        started = time.monotonic()
-        done = 0
-        for b, batch in enumerate(batches):
-            def run(members: list[int]) -> list[FoldResult]:
-                return self._fold_batch([sequences[runnable[m]] for m in members])
-
-            for member, result in run_splitting_on_oom(
-                batch, run, is_oom, lambda: free_device_memory(self.device)
-            ):
-                i = runnable[member]
-                if isinstance(result, OutOfMemory):
-                    result = FoldResult(STATUS_OUT_OF_MEMORY)
+        for indices, batch in self.run(sequences):
+            for i, result in zip(indices, batch, strict=True):
                 results[i] = result
-                done += 1
-            elapsed = max(time.monotonic() - started, 1e-9)
-            log.info(
-                "fold: batch %d/%d, %d/%d sequences, %.2f sequences/s",
-                b + 1, len(batches), done, len(runnable), done / elapsed,
-            )  # fmt: skip
         return results  # type: ignore[return-value]
+
+    def run(self, sequences: Sequence[str]) -> Iterator[tuple[list[int], list[FoldResult]]]:
+        """Results batch by batch as `(indices into sequences, results)`: first the
+        sequences over the length limit, then each batch as soon as it is folded."""
+        runnable = [i for i, seq in enumerate(sequences) if len(seq) <= self.max_length]
+        rejected = sorted(set(range(len(sequences))) - set(runnable))
+        if rejected:
+            yield rejected, [FoldResult(TOO_LONG) for _ in rejected]
+        lengths = [len(sequences[i]) for i in runnable]
+        costs = [float(n) ** 3 for n in lengths]
+        batches = make_batches(lengths, self.max_tokens**2, fold_cost)
+        for batch, results in run_batches(
+            batches,
+            lambda members: self._fold_batch([sequences[runnable[m]] for m in members]),
+            is_oom=is_oom,
+            free_memory=lambda: free_device_memory(self.device),
+            out_of_memory=lambda member: FoldResult(OUT_OF_MEMORY),
+            progress=Progress("fold", lengths, costs),
+            lengths=lengths,
+            costs=costs,
+        ):
+            yield [runnable[m] for m in batch], results

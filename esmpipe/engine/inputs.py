@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import pyarrow.parquet as pq
 
 from esmpipe.io.fasta import read_fasta
-from esmpipe.io.sequences import STATUS_OK, normalise_sequence, seq_hash
+from esmpipe.io.sequences import normalise_sequence, seq_hash
+from esmpipe.status import OK
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def read_inputs(path: str | os.PathLike[str]) -> Inputs:
         ):  # fmt: skip
             inputs.records += 1
             sequence, status = normalise_sequence(raw or "")
-            if status != STATUS_OK:
+            if status != OK:
                 inputs.skipped[status] += 1
                 continue
             expected = seq_hash(sequence)
@@ -87,7 +88,7 @@ def read_inputs(path: str | os.PathLike[str]) -> Inputs:
         for record in read_fasta(path):
             inputs.records += 1
             sequence, status = normalise_sequence(record.sequence)
-            if status != STATUS_OK:
+            if status != OK:
                 inputs.skipped[status] += 1
                 continue
             inputs.add(seq_hash(sequence), sequence, seen)

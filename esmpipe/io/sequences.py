@@ -31,11 +31,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-STATUS_OK = "ok"
-STATUS_EMPTY = "empty"
-STATUS_INVALID = "invalid_characters"
-STATUS_GAPPED = "gapped"
-STATUS_INTERNAL_STOP = "internal_stop"
+from esmpipe.status import EMPTY, GAPPED, INTERNAL_STOP, INVALID_CHARACTERS, OK
 
 _WHITESPACE = re.compile(r"\s+")
 _INVALID = re.compile(r"[^A-Z*.\-]")
@@ -56,14 +52,14 @@ def normalise_sequence(raw: str) -> tuple[str, str]:
     if sequence.endswith("*"):
         sequence = sequence[:-1]
     if not sequence:
-        return sequence, STATUS_EMPTY
+        return sequence, EMPTY
     if not is_ascii or _INVALID.search(sequence):
-        return sequence, STATUS_INVALID
+        return sequence, INVALID_CHARACTERS
     if _GAPS.search(sequence):
-        return sequence, STATUS_GAPPED
+        return sequence, GAPPED
     if "*" in sequence:
-        return sequence, STATUS_INTERNAL_STOP
-    return sequence, STATUS_OK
+        return sequence, INTERNAL_STOP
+    return sequence, OK
 
 
 def seq_hash(normalised: str) -> str:

@@ -1,9 +1,11 @@
-"""Parquet schemas of the result tables and the atomic writer.
+"""Parquet schemas of the result tables, and the atomic, streaming writers.
 
 Every table esmpipe writes is zstd-compressed Parquet, written to a temporary
 file beside the target and moved into place with `os.replace`, so a crashed
 or killed job never leaves a half-written file under the final name (which
-Snakemake would otherwise take for a finished output).
+Snakemake would otherwise take for a finished output). Cohort tables stream
+into numbered part files (`write_parts`), so a table of structures never sits
+in memory, and folders are replaced whole (`atomic_dir`).
 
 Provenance (model, revision, dtype, device, versions, settings, input digests)
 travels inside the file: a JSON object under the schema metadata key
@@ -15,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 METADATA_KEY = b"esmpipe"
+
+RESULT_TABLES = ("proteins", "structures", "embeddings")
+STAGE_TABLES = {"embed": "embeddings", "fold": "structures"}
 
 # One row per input record (FASTA record or called gene); never fewer.
 PROTEINS_SCHEMA = pa.schema(
@@ -161,3 +167,88 @@ def embedding_array(vectors: Sequence[np.ndarray | None], dim: int) -> pa.FixedS
     return pa.FixedSizeListArray.from_arrays(
         pa.array(values.reshape(-1)), dim, mask=pa.array(missing)
     )
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it replaces `path` whole.
+
+    A reader sees the old folder or the complete new one; a failure leaves the old
+    one as it was. (Only the instant between the two renames shows no folder.)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~umask())
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            # A folder cannot be renamed over a non-empty one: move the old one aside.
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old",
+                                        dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_parts(
+    batches: Iterable[pa.RecordBatch],
+    schema: pa.Schema,
+    folder: str | os.PathLike,
+    metadata: dict | None = None,
+    rows_per_file: int = 20000,
+) -> int:
+    """Stream batches into `folder/part-00000.parquet`, `part-00001.parquet`, ...
+
+    A new file starts once the current one holds `rows_per_file` rows, so memory
+    stays at one batch however large the table. At least one file is written (an
+    empty table has its schema), so readers of the folder always find the columns.
+    Returns the row count.
+    """
+    folder = Path(folder)
+    schema = schema_with_metadata(schema, metadata)
+    iterator = (b for b in batches if b.num_rows)
+    pending = next(iterator, None)
+    rows, index = 0, 0
+    while True:
+        with atomic_path(folder / f"part-{index:05d}.parquet") as tmp, \
+                pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            in_file = 0
+            while pending is not None and in_file < rows_per_file:
+                writer.write_batch(pending.cast(schema))
+                in_file += pending.num_rows
+                pending = next(iterator, None)
+        rows += in_file
+        index += 1
+        if pending is None:
+            return rows
+
+
+def result_tables(results: str | os.PathLike) -> dict[str, Path]:
+    """Table name -> folder of Parquet files or `<name>.parquet` file under `results`.
+
+    Absent tables are left out, and so are stale ones: a stage switched off since an
+    earlier run leaves its table behind, and the proteins table (written by every
+    run) lists the stages of the run that wrote it under the metadata key `stages`.
+    """
+    base = Path(results)
+    found: dict[str, Path] = {}
+    for name in RESULT_TABLES:
+        folder, single = base / name, base / f"{name}.parquet"
+        if folder.is_dir() and any(folder.rglob("*.parquet")):
+            found[name] = folder
+        elif single.is_file():
+            found[name] = single
+    proteins = found.get("proteins")
+    if proteins is not None:
+        first = min(proteins.rglob("*.parquet")) if proteins.is_dir() else proteins
+        stages = read_metadata(first).get("stages")
+        if stages is not None:
+            for stage, name in STAGE_TABLES.items():
+                if stage not in stages:
+                    found.pop(name, None)
+    return found

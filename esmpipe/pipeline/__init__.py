@@ -6,5 +6,4 @@
 - `gather`: the proteins / embeddings / structures tables (`esmpipe gather`)
 - `report`: counts and plots for the report (`esmpipe report-stats`)
 - `query`: DuckDB views over a results folder (`esmpipe query`)
-- `tables`: streaming part files, folders replaced whole, the result tables of a folder
 """

@@ -22,10 +22,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import esmpipe
-from esmpipe.io.tables import read_metadata, write_parquet_atomic
+from esmpipe.io.tables import atomic_dir, read_metadata, write_parquet_atomic, write_parts
 from esmpipe.pipeline.config import STAGES
 from esmpipe.pipeline.plan import STAGE_STATUS_SCHEMA, read_manifest
-from esmpipe.pipeline.tables import atomic_dir, write_parts
 
 log = logging.getLogger(__name__)
 

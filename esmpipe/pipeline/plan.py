@@ -30,9 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from esmpipe.io.tables import read_metadata, write_parquet_atomic
+from esmpipe.io.tables import atomic_dir, read_metadata, write_parquet_atomic
 from esmpipe.pipeline.sharding import make_shards, settings_key
-from esmpipe.pipeline.tables import atomic_dir
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 `proteins`, `structures` and `embeddings` become views over whatever form each
 table has on disk: a folder of Parquet files (hive-partitioned or not) or one
 `<name>.parquet` file. Absent tables (a stage switched off) are simply not defined
-(see `esmpipe.pipeline.tables.result_tables`).
+(see `esmpipe.io.tables.result_tables`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import os
 
 import duckdb
 
-from esmpipe.io.tables import atomic_path, write_parquet_atomic
-from esmpipe.pipeline.tables import RESULT_TABLES as TABLES
-from esmpipe.pipeline.tables import result_tables
+from esmpipe.io.tables import RESULT_TABLES as TABLES
+from esmpipe.io.tables import atomic_path, result_tables, write_parquet_atomic
 
 FORMATS = ("table", "csv", "tsv", "parquet", "json")
 

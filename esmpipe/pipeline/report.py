@@ -14,8 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.dataset as ds
 
-from esmpipe.io.tables import atomic_path
-from esmpipe.pipeline.tables import result_tables
+from esmpipe.io.tables import atomic_path, result_tables
 
 COHORT = "cohort"
 PLOTS = ("plddt_per_sample.png", "ptm_vs_plddt.png", "length_vs_plddt.png")

@@ -44,11 +44,11 @@ def test_embed_fasta(tiny_esm2: Path, tmp_path: Path) -> None:
     table = pq.read_table(out)
     hidden = EsmConfig.from_pretrained(tiny_esm2).hidden_size
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), hidden)
-    rows = table.to_pylist()
-    # One row per distinct valid sequence; the internal stop is skipped.
-    assert [r["seq_hash"] for r in rows] == [
-        seq_hash("MKVLLAGG"), seq_hash("ACDEFGHIKLMNPQRSTVWYXBUZO"), seq_hash("A" * 60)
-    ]
+    # One row per distinct valid sequence (rows in the order computed); the internal
+    # stop is skipped.
+    order = [seq_hash(s) for s in ("MKVLLAGG", "ACDEFGHIKLMNPQRSTVWYXBUZO", "A" * 60)]
+    rows = sorted(table.to_pylist(), key=lambda r: order.index(r["seq_hash"]))
+    assert [r["seq_hash"] for r in rows] == order and table.num_rows == 3
     assert [r["status"] for r in rows] == ["ok", "ok", "too_long"]
     assert [r["length"] for r in rows] == [8, 25, 60]
     assert rows[2]["embedding"] is None
@@ -91,3 +91,45 @@ def test_embed_errors_name_the_problem(
                  str(out)]) == 2  # fmt: skip
     assert str(missing) in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_killed_job_resumes_from_its_last_finished_batch(
+    tiny_esm2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from esmpipe.engine.embed import Embedder
+
+    source = tmp_path / "in.fa"
+    source.write_text("".join(f">s{i}\n{'MKVLAG'[: 1 + i % 6] * (i + 1)}\n" for i in range(12)))
+    args = ["embed", "--model", str(tiny_esm2), "--input", str(source), "--device", "cpu",
+            "--max-tokens", "40"]  # fmt: skip
+    whole = tmp_path / "whole.parquet"
+    assert main([*args, "--output", str(whole)]) == 0
+
+    real_forward = Embedder._forward
+    computed: list[int] = []
+
+    def forward(self, sequences):
+        if len(computed) >= 4:
+            raise KeyboardInterrupt  # stands in for SIGKILL: nothing after this point runs
+        computed.extend(len(s) for s in sequences)
+        return real_forward(self, sequences)
+
+    out = tmp_path / "emb.parquet"
+    monkeypatch.setattr(Embedder, "_forward", forward)
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--output", str(out)])
+    assert not out.exists()
+    first_try = len(computed)
+    assert 0 < first_try < 12
+
+    computed.clear()
+    monkeypatch.setattr(Embedder, "_forward", lambda self, s: computed.extend(map(len, s))
+                        or real_forward(self, s))  # fmt: skip
+    assert main([*args, "--output", str(out)]) == 0
+    assert len(computed) == 12 - first_try  # only what the killed try had not finished
+    got = pq.read_table(out).sort_by("seq_hash")
+    want = pq.read_table(whole).sort_by("seq_hash")
+    assert got["seq_hash"].equals(want["seq_hash"]) and got["status"].equals(want["status"])
+    np.testing.assert_allclose(np.array(got["embedding"].to_pylist()),
+                               np.array(want["embedding"].to_pylist()), atol=1e-5)  # fmt: skip
+    assert read_metadata(out)["status_counts"] == read_metadata(whole)["status_counts"]

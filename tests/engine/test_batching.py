@@ -1,4 +1,4 @@
-"""Batching: budget, determinism, de-duplication and out-of-memory splitting."""
+"""Batching: budget, determinism and de-duplication."""
 
 from __future__ import annotations
 
@@ -6,14 +6,7 @@ import random
 
 import pytest
 
-from esmpipe.engine.batching import (
-    OUT_OF_MEMORY,
-    dedup,
-    embed_cost,
-    fold_cost,
-    make_batches,
-    run_splitting_on_oom,
-)
+from esmpipe.engine.batching import dedup, embed_cost, fold_cost, make_batches
 
 
 def _lengths(seed: int = 0, n: int = 500) -> list[int]:
@@ -51,36 +44,3 @@ def test_oversized_sequence_runs_alone_and_batch_size_cap() -> None:
 
 def test_dedup() -> None:
     assert dedup(["b", "a", "b", "c", "a"]) == (["b", "a", "c"], [0, 1, 0, 2, 1])
-
-
-class FakeOOM(RuntimeError):
-    pass
-
-
-def test_oom_splits_down_to_single_items() -> None:
-    calls: list[list[int]] = []
-    freed: list[int] = []
-
-    def run(batch: list[int]) -> list[int]:
-        calls.append(batch)
-        if len(batch) > 2 or 13 in batch:
-            raise FakeOOM
-        return [i * 10 for i in batch]
-
-    results = list(
-        run_splitting_on_oom(list(range(10, 17)), run, lambda e: isinstance(e, FakeOOM),
-                             lambda: freed.append(1))
-    )  # fmt: skip
-    assert [i for i, _ in results] == list(range(10, 17))
-    assert dict(results)[13] is OUT_OF_MEMORY
-    assert {i: r for i, r in results if i != 13} == {i: i * 10 for i in range(10, 17) if i != 13}
-    assert calls[0] == list(range(10, 17)) and [13] in calls
-    assert len(freed) == sum(1 for c in calls if len(c) > 2 or 13 in c)
-
-
-def test_other_errors_propagate() -> None:
-    def run(batch: list[int]) -> list[int]:
-        raise KeyError("bug")
-
-    with pytest.raises(KeyError):
-        list(run_splitting_on_oom([1, 2], run, lambda e: isinstance(e, FakeOOM)))

@@ -15,7 +15,7 @@ from snakemake.exceptions import WorkflowError
 from esmpipe.pipeline.config import STAGES, ConfigError, read_sample_sheet, validate_config
 from esmpipe.pipeline.plan import read_manifest
 from esmpipe.pipeline.sharding import retry_token_budget, settings_key
-from esmpipe.pipeline.tables import STAGE_TABLES as RESULT_TABLE
+from esmpipe.io.tables import STAGE_TABLES as RESULT_TABLE
 
 STAGE_OF = {table: stage for stage, table in RESULT_TABLE.items()}
 

@@ -1,11 +1,18 @@
+"""Streaming part files and folders replaced whole (esmpipe.io.tables)."""
+
 import stat
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from esmpipe.io.tables import atomic_path, read_metadata, write_parquet_atomic
-from esmpipe.pipeline.tables import atomic_dir, write_parts
+from esmpipe.io.tables import (
+    atomic_dir,
+    atomic_path,
+    read_metadata,
+    write_parquet_atomic,
+    write_parts,
+)
 
 
 def test_write_parts_rolls_over_and_keeps_metadata(tmp_path):
