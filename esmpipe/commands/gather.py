@@ -22,6 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plan", help="the stage's plan folder (embeddings, structures)")
     p.add_argument("--status-output", help="(seq_hash, status) Parquet (embeddings, structures)")
     p.add_argument("--ingest", nargs="+", metavar="PARQUET", help="ingest tables (proteins)")
+    p.add_argument("--ingest-list", metavar="FILE",
+                   help="a file listing ingest tables, one path a line; adds to --ingest")
     p.add_argument("--status", action="append", default=[], metavar="STAGE=PARQUET",
                    help="a stage's status table (proteins); repeat per stage")
     p.set_defaults(func=run)
@@ -29,11 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from esmpipe.pipeline.gather import STAGES, GatherError, gather_proteins, gather_stage
+    from esmpipe.pipeline.plan import PlanError, ingest_inputs
 
     try:
         if args.table == "proteins":
-            if not args.ingest:
-                raise UserError("--table proteins needs --ingest")
+            if not args.ingest and not args.ingest_list:
+                raise UserError("--table proteins needs --ingest or --ingest-list")
             status = {}
             for item in args.status:
                 stage, sep, path = item.partition("=")
@@ -41,11 +44,11 @@ def run(args: argparse.Namespace) -> int:
                     raise UserError(f"--status {item!r}: expected STAGE=PARQUET, STAGE one of "
                                     f"{', '.join(STAGES)}")
                 status[stage] = path
-            gather_proteins(args.ingest, status, args.output)
+            gather_proteins(ingest_inputs(args.ingest, args.ingest_list), status, args.output)
         else:
             if not args.plan or not args.status_output:
                 raise UserError(f"--table {args.table} needs --plan and --status-output")
             gather_stage(args.plan, args.output, args.status_output)
-    except GatherError as err:
+    except (GatherError, PlanError) as err:
         raise UserError(str(err)) from err
     return 0

@@ -19,8 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--stage", required=True, choices=("embed", "fold"))
-    p.add_argument("--ingest", nargs="+", required=True, metavar="PARQUET",
+    p.add_argument("--ingest", nargs="+", metavar="PARQUET",
                    help="ingest tables of all samples of the cohort")
+    p.add_argument("--ingest-list", metavar="FILE",
+                   help="a file listing ingest tables, one path a line (for cohorts whose "
+                        "paths exceed the command-line limit); adds to --ingest")
     p.add_argument("--cache-dir", required=True,
                    help="the stage's cache folder for these settings (<shard id>.parquet parts)")
     p.add_argument("--output-dir", required=True)
@@ -36,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from esmpipe.pipeline.plan import PlanError, plan_stage
+    from esmpipe.pipeline.plan import PlanError, ingest_inputs, plan_stage
 
     try:
         settings = json.loads(args.settings)
@@ -44,9 +47,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--settings is not valid JSON: {err}") from err
     if args.shard_size <= 0:
         raise UserError(f"--shard-size must be positive, got {args.shard_size}")
+    if not args.ingest and not args.ingest_list:
+        raise UserError("esmpipe shard needs --ingest or --ingest-list")
     try:
         plan_stage(
-            args.ingest,
+            ingest_inputs(args.ingest, args.ingest_list),
             stage=args.stage,
             settings=settings,
             cache_dir=args.cache_dir,

@@ -55,6 +55,34 @@ class PlanError(RuntimeError):
     """Inputs the planner cannot use (e.g. an unreadable cache part)."""
 
 
+def read_path_list(path: str | os.PathLike) -> list[str]:
+    """Paths listed in a file, one a line (blank lines and `#` comments skipped).
+
+    A cohort of thousands of samples does not fit on one command line (the kernel's
+    argument limit), so `esmpipe shard` and `esmpipe gather` take such a file.
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise PlanError(f"cannot read the list of ingest tables {path}: {err}") from err
+    paths = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            paths.append(line)
+    return paths
+
+
+def ingest_inputs(
+    ingest: Sequence[str] | None, ingest_list: str | os.PathLike | None
+) -> list[str]:
+    """`--ingest` paths followed by those of `--ingest-list`."""
+    paths = list(ingest or [])
+    if ingest_list is not None:
+        paths += read_path_list(ingest_list)
+    return paths
+
+
 def distinct_sequences(ingest_tables: Iterable[str | os.PathLike]) -> pa.Table:
     """Distinct valid sequences over the cohort: seq_hash, sequence, length.
 
