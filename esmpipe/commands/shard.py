@@ -6,6 +6,7 @@ import argparse
 import json
 
 from esmpipe.cli import UserError
+from esmpipe.commands.gather import add_resource_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,13 +29,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the stage's cache folder for these settings (<shard id>.parquet parts)")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--settings", required=True,
-                   help="JSON object of the settings that determine results (model, revision, ...)")
+                   help="JSON object of the settings that determine results (model, revision, "
+                        "...); "
+                        "its 'expect' object, if any, is what a cached part's metadata must "
+                        "match to count as a hit")
     p.add_argument("--shard-size", type=float, required=True,
                    help="work per shard in units of one 100-residue sequence")
     p.add_argument("--cost-exponent", type=float, required=True,
                    help="a sequence of L residues costs (L/100)**exponent units")
     p.add_argument("--max-length", type=int, default=None,
                    help="longer sequences are not sharded (status too_long)")
+    add_resource_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -59,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
             shard_size=args.shard_size,
             cost_exponent=args.cost_exponent,
             max_length=args.max_length,
+            memory_limit=args.memory_limit,
+            threads=args.threads,
         )
     except PlanError as err:
         raise UserError(str(err)) from err
