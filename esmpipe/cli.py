@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "esmpipe.commands.gather",
     "esmpipe.commands.query",
     "esmpipe.commands.report_stats",
+    "esmpipe.commands.cache_key",  # cache-key, fetch-model (workflow helper)
 )
 
 

@@ -70,17 +70,34 @@ def run_metadata(
     **settings: Any,
 ) -> dict[str, Any]:
     """Provenance shared by `embed` and `fold`: model, precision, device, versions, input
-    and status counts; `settings` are the command's own (layer, recycles, ...)."""
+    and status counts; `settings` are the command's own (layer, recycles, ...).
+
+    Every part records what its cache key is made of (`esmpipe.pipeline.identity`):
+    `model_identity` (the hub commit the revision resolved to, or `sha256:` of the
+    folder's weight files; null if it cannot be told), `dtype` as it ran
+    ("float16+float32" for a float16 stem and float32 trunk) and `output_version`;
+    the planner reuses a part only when these match what the run expects.
+    """
     import torch
 
     from esmpipe import __version__
     from esmpipe.engine.device import describe_device
     from esmpipe.io.tables import file_sha256
+    from esmpipe.pipeline import identity
 
+    try:
+        model_identity: str | None = identity.model_identity(args.model, args.revision)
+    except identity.IdentityError as err:
+        log.warning("model identity unknown (%s): parts of this run are never reused", err)
+        model_identity = None
+    if "output_version" not in settings:
+        stage = "fold" if args.func.__module__.endswith(".fold") else "embed"
+        settings["output_version"] = identity.output_version(stage)
     return {
         "model": str(args.model),
         "revision": args.revision,
-        "dtype": dtype,
+        "model_identity": model_identity,
+        "dtype": identity.normalize_dtype(dtype),
         "device": describe_device(device),
         "max_tokens": args.max_tokens,
         **settings,
