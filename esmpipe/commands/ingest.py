@@ -104,7 +104,7 @@ class UniqueIds:
     def __call__(self, name: str) -> str:
         self._occurrences[name] += 1
         if name in self._seen:
-            k = self._occurrences[name]
+            k = max(self._occurrences[name], 2)
             while f"{name}.dup{k}" in self._seen:
                 k += 1
             name = f"{name}.dup{k}"
