@@ -92,11 +92,13 @@ def seq_hash(normalised: str) -> str:
 
 
 def nucleotide_fraction(sequence: str) -> float:
-    """Share of A, C, G, T, U and N among the letters of an upper-case sequence (0 if none)."""
-    letters = [c for c in sequence if c.isalpha()]
-    if not letters:
+    """Share of A, C, G, T, U and N among the letters of a sequence of upper-case
+    letters, '*', '-' and '.' (0 if it has no letter)."""
+    # str.count runs in C: a per-character Python loop would dominate ingest's time.
+    letters = len(sequence) - sum(sequence.count(c) for c in "*-.")
+    if letters <= 0:
         return 0.0
-    return sum(c in _NUCLEOTIDE_LETTERS for c in letters) / len(letters)
+    return sum(sequence.count(c) for c in _NUCLEOTIDE_LETTERS) / letters
 
 
 def looks_like_nucleotide(sequence: str) -> bool:
@@ -124,7 +126,8 @@ def looks_like_nucleotide(sequence: str) -> bool:
     """
     if len(sequence) < NUCLEOTIDE_MIN_LENGTH:
         return False
-    if not {"A", "C", "G"} <= set(sequence) or not ({"T", "U"} & set(sequence)):
+    present = set(sequence)
+    if not {"A", "C", "G"} <= present or not ({"T", "U"} & present):
         return False
     return nucleotide_fraction(sequence) >= NUCLEOTIDE_MIN_FRACTION
 
