@@ -28,11 +28,13 @@ from __future__ import annotations
 import argparse
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from esmpipe import __version__
 from esmpipe.cli import UserError
@@ -43,12 +45,23 @@ from esmpipe.io.sequences import (
     normalise_sequence,
     seq_hash,
 )
-from esmpipe.io.tables import CONTIGS_SCHEMA, PROTEINS_SCHEMA, file_sha256, write_parquet_atomic
+from esmpipe.io.tables import (
+    CONTIGS_SCHEMA,
+    PROTEINS_SCHEMA,
+    atomic_path,
+    file_sha256,
+    schema_with_metadata,
+    write_parquet_atomic,
+)
 from esmpipe.status import NO_GENES, NUCLEOTIDE_SEQUENCE, OK, PROTEIN_IN_CONTIGS
+
+if TYPE_CHECKING:
+    from esmpipe.io.genes import CalledGene
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = PROTEINS_SCHEMA.names
+# Rows per record batch (and Parquet row group) of the proteins table.
+BATCH_ROWS = 65_536
 
 # A file whose non-empty records are of the wrong type at least this often was
 # declared with the wrong type in the sample sheet (see the module docstring).
@@ -97,20 +110,24 @@ class UniqueIds:
     """Renames repeated ids `<id>.dup<k>`, k the occurrence (bumped past ids already taken)."""
 
     def __init__(self) -> None:
-        self._seen: set[str] = set()
-        self._occurrences: Counter = Counter()
+        # Every id given out -> how often it came in as an input id (0: only given out as
+        # a rename). One dict: at millions of records this set is ingest's main memory.
+        self._taken: dict[str, int] = {}
         self.renamed = 0
 
     def __call__(self, name: str) -> str:
-        self._occurrences[name] += 1
-        if name in self._seen:
-            k = max(self._occurrences[name], 2)
-            while f"{name}.dup{k}" in self._seen:
-                k += 1
-            name = f"{name}.dup{k}"
-            self.renamed += 1
-        self._seen.add(name)
-        return name
+        seen = self._taken.get(name)
+        if seen is None:
+            self._taken[name] = 1
+            return name
+        self._taken[name] = seen + 1
+        k = max(seen + 1, 2)
+        while f"{name}.dup{k}" in self._taken:
+            k += 1
+        renamed = f"{name}.dup{k}"
+        self._taken[renamed] = 0
+        self.renamed += 1
+        return renamed
 
 
 @dataclass
@@ -133,93 +150,104 @@ class Mismatch:
         return self.count > 0 and self.count >= TYPE_MISMATCH_FILE_FRACTION * self.non_empty
 
 
-@dataclass
-class ProteinsBuilder:
-    """Columns of the proteins table: normalise, hash and de-duplicate ids row by row."""
+class Rows:
+    """Rows of `schema` gathered as Python values and handed to `emit` as record batches
+    of `BATCH_ROWS` rows, so that memory holds one batch, not the sample."""
 
-    sample: str
-    columns: dict[str, list] = field(default_factory=lambda: {n: [] for n in _COLUMNS})
-    statuses: Counter = field(default_factory=Counter)
-    ids: UniqueIds = field(default_factory=UniqueIds)
+    def __init__(self, schema: pa.Schema, emit: Callable[[pa.RecordBatch], object]) -> None:
+        self.schema = schema
+        self._emit = emit
+        self._columns: list[list] = [[] for _ in schema]
+
+    def append(self, values: tuple) -> None:
+        for column, value in zip(self._columns, values, strict=True):
+            column.append(value)
+        if len(self._columns[0]) >= BATCH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._columns[0]:
+            arrays = [pa.array(c, type=f.type) for c, f in zip(self._columns, self.schema,
+                                                                strict=True)]  # fmt: skip
+            self._emit(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+            self._columns = [[] for _ in self.schema]
+
+
+class ProteinsBuilder:
+    """Rows of the proteins table: normalise, hash and de-duplicate ids row by row."""
+
+    def __init__(self, sample: str, emit: Callable[[pa.RecordBatch], object]) -> None:
+        self.sample = sample
+        self.rows = Rows(PROTEINS_SCHEMA, emit)
+        self.statuses: Counter = Counter()
+        self.ids = UniqueIds()
 
     def add(self, protein_id: str, raw: str, *, check_nucleotide: bool = False,
-            **gene: object) -> str:  # fmt: skip
-        """Append one row; returns its status. `gene`: contig, start, end, strand, partial."""
+            gene: CalledGene | None = None) -> tuple[str, str]:  # fmt: skip
+        """Append one row; returns (normalised sequence, status)."""
         sequence, status = normalise_sequence(raw)
         if check_nucleotide and status == OK and looks_like_nucleotide(sequence):
             status = NUCLEOTIDE_SEQUENCE
         self.statuses[status] += 1
-        columns = self.columns
-        columns["sample"].append(self.sample)
-        columns["protein_id"].append(self.ids(protein_id))
-        columns["seq_hash"].append(seq_hash(sequence) if status == OK else None)
-        columns["sequence"].append(sequence)
-        columns["length"].append(len(sequence))
-        columns["status"].append(status)
-        for name in ("contig", "start", "end", "strand", "partial"):
-            columns[name].append(gene.get(name))
-        return status
-
-    def table(self) -> pa.Table:
-        return pa.Table.from_pydict(self.columns, schema=PROTEINS_SCHEMA)
+        where = (None,) * 5 if gene is None else (
+            gene.contig, gene.start, gene.end, gene.strand, gene.partial)  # fmt: skip
+        self.rows.append((self.sample, self.ids(protein_id),
+                          seq_hash(sequence) if status == OK else None, sequence, len(sequence),
+                          status, *where))  # fmt: skip
+        return sequence, status
 
 
-def ingest_proteins(
-    sample: str, records: Iterable[FastaRecord]
-) -> tuple[ProteinsBuilder, Mismatch]:
-    """A protein sample: one row per record, DNA/RNA records as `nucleotide_sequence`."""
-    builder = ProteinsBuilder(sample)
-    mismatch = Mismatch()
-    for number, record in enumerate(records, start=1):
-        status = builder.add(record.id, record.sequence, check_nucleotide=True)
-        mismatch.see(number, record.id, builder.columns["sequence"][-1],
-                     status == NUCLEOTIDE_SEQUENCE)  # fmt: skip
-    return builder, mismatch
-
-
-@dataclass
 class ContigsBuilder:
-    """Columns of the contigs table."""
+    """Rows of the contigs table, kept in memory as record batches (a few dozen bytes
+    a contig)."""
 
-    sample: str
-    columns: dict[str, list] = field(default_factory=lambda: {n: [] for n in CONTIGS_SCHEMA.names})
-    statuses: Counter = field(default_factory=Counter)
+    def __init__(self, sample: str) -> None:
+        self.sample = sample
+        self.batches: list[pa.RecordBatch] = []
+        self.rows = Rows(CONTIGS_SCHEMA, self.batches.append)
+        self.statuses: Counter = Counter()
 
     def add(self, contig: str, length: int, genes: int, status: str) -> None:
-        for name, value in zip(self.columns, (self.sample, contig, length, genes, status),
-                               strict=True):  # fmt: skip
-            self.columns[name].append(value)
+        self.rows.append((self.sample, contig, length, genes, status))
         self.statuses[status] += 1
 
     def table(self) -> pa.Table:
-        return pa.Table.from_pydict(self.columns, schema=CONTIGS_SCHEMA)
+        self.rows.flush()
+        return pa.Table.from_batches(self.batches, schema=CONTIGS_SCHEMA)
+
+
+def ingest_proteins(proteins: ProteinsBuilder, records: Iterable[FastaRecord]) -> Mismatch:
+    """A protein sample: one row per record, DNA/RNA records as `nucleotide_sequence`."""
+    mismatch = Mismatch()
+    for number, record in enumerate(records, start=1):
+        sequence, status = proteins.add(record.id, record.sequence, check_nucleotide=True)
+        mismatch.see(number, record.id, sequence, status == NUCLEOTIDE_SEQUENCE)
+    return mismatch
 
 
 def ingest_contigs(
-    sample: str, records: Iterable[FastaRecord]
-) -> tuple[ProteinsBuilder, ContigsBuilder, Mismatch, int]:
+    proteins: ProteinsBuilder, records: Iterable[FastaRecord]
+) -> tuple[ContigsBuilder, Mismatch, int]:
     """A contigs sample: genes called on every valid contig; one contigs row per record.
 
-    Returns (proteins, contigs, mismatch, renamed contig ids)."""
+    Returns (contigs, mismatch, renamed contig ids)."""
     from esmpipe.io.genes import GeneCaller
 
     caller = GeneCaller()
-    proteins = ProteinsBuilder(sample)
-    contigs = ContigsBuilder(sample)
+    contigs = ContigsBuilder(proteins.sample)
     mismatch = Mismatch()
     contig_ids = UniqueIds()
     for number, record in enumerate(records, start=1):
         contig = contig_ids(record.id)
         dna, status = classify_contig(record.sequence)
         mismatch.see(number, record.id, dna, status == PROTEIN_IN_CONTIGS)
-        genes = caller.call(contig, dna, sample=sample) if status == OK else []
+        genes = caller.call(contig, dna, sample=proteins.sample) if status == OK else []
         for gene in genes:
-            proteins.add(gene.protein_id, gene.sequence, contig=gene.contig, start=gene.start,
-                         end=gene.end, strand=gene.strand, partial=gene.partial)  # fmt: skip
+            proteins.add(gene.protein_id, gene.sequence, gene=gene)
         if status == OK and not genes:
             status = NO_GENES
         contigs.add(contig, len(dna), len(genes), status)
-    return proteins, contigs, mismatch, contig_ids.renamed
+    return contigs, mismatch, contig_ids.renamed
 
 
 def _mismatch_error(args: argparse.Namespace, mismatch: Mismatch) -> UserError:
@@ -248,20 +276,26 @@ def _counts(statuses: Counter) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(statuses.items())) or "no records"
 
 
-def run(args: argparse.Namespace) -> int:
-    if not args.sample:
-        raise UserError("--sample must not be empty")
-    contigs_output = args.contigs_output or contigs_path(args.output)
-    if contigs_output == args.output:
-        raise UserError(f"--contigs-output {contigs_output} is the same file as --output")
-    contigs = None
-    renamed_contigs = 0
-    if args.type == "protein":
-        proteins, mismatch = ingest_proteins(args.sample, _records(args.input))
-    else:
-        proteins, contigs, mismatch, renamed_contigs = ingest_contigs(
-            args.sample, _records(args.input)
-        )
+def _finish(draft: Path, path: Path, metadata: dict) -> int:
+    """Copy the draft into `path`, row group by row group, with the final metadata.
+
+    The metadata (status counts above all) is known only once every record is read,
+    and Parquet keeps it in the schema written first; copying row groups keeps
+    memory at one batch however large the sample."""
+    schema = schema_with_metadata(PROTEINS_SCHEMA, metadata)
+    rows = 0
+    with (
+        pq.ParquetFile(draft) as source,
+        pq.ParquetWriter(path, schema, compression="zstd") as writer,
+    ):
+        for i in range(source.num_row_groups):
+            group = source.read_row_group(i)
+            writer.write_table(group.replace_schema_metadata(schema.metadata))
+            rows += group.num_rows
+    return rows
+
+
+def _warn_mismatch(args: argparse.Namespace, mismatch: Mismatch) -> None:
     if mismatch.whole_file():
         if not args.allow_type_mismatch:
             raise _mismatch_error(args, mismatch)
@@ -273,48 +307,74 @@ def run(args: argparse.Namespace) -> int:
             NUCLEOTIDE_SEQUENCE if args.type == "protein" else PROTEIN_IN_CONTIGS,
             *mismatch.first[:2],  # type: ignore[index]
         )  # fmt: skip
-    renamed = proteins.ids.renamed
-    if renamed:
-        log.warning(
-            "%s: %d duplicate protein ids renamed with a .dupN suffix", args.input, renamed
-        )
-    if renamed_contigs:
-        log.warning(
-            "%s: %d duplicate contig ids renamed with a .dupN suffix", args.input, renamed_contigs
-        )
-    metadata = {
-        "esmpipe_version": __version__,
-        "sample": args.sample,
-        "type": args.type,
-        "input": str(args.input),
-        "input_sha256": file_sha256(args.input),
-        "status_counts": dict(sorted(proteins.statuses.items())),
-        "duplicate_ids_renamed": renamed,
-    }
-    if contigs is not None:
-        import pyrodigal
 
-        metadata["gene_caller"] = f"pyrodigal {pyrodigal.__version__} (meta mode)"
-        contig_metadata = {
-            **metadata,
-            "status_counts": dict(sorted(contigs.statuses.items())),
-            "duplicate_ids_renamed": renamed_contigs,
-        }
-        metadata["contigs_output"] = str(contigs_output)
-        metadata["contig_status_counts"] = contig_metadata["status_counts"]
-        # Written first: an existing proteins table implies its contigs table.
-        write_parquet_atomic(contigs.table(), contigs_output, contig_metadata)
-    elif args.contigs_output is None and contigs_output.exists():
-        # A sample re-declared from contigs to protein: its old contigs table would
-        # otherwise be gathered as if it still described this sample.
-        log.warning("%s: removing the contigs table of an earlier contigs run", contigs_output)
-        contigs_output.unlink()
-    table = proteins.table()
-    write_parquet_atomic(table, args.output, metadata)
+
+def run(args: argparse.Namespace) -> int:
+    if not args.sample:
+        raise UserError("--sample must not be empty")
+    contigs_output = args.contigs_output or contigs_path(args.output)
+    if contigs_output == args.output:
+        raise UserError(f"--contigs-output {contigs_output} is the same file as --output")
+    contigs = None
+    renamed_contigs = 0
+    with atomic_path(args.output) as tmp:
+        draft = tmp.with_name(f"{tmp.name}.draft")
+        try:
+            with pq.ParquetWriter(draft, PROTEINS_SCHEMA, compression="zstd") as writer:
+                proteins = ProteinsBuilder(args.sample, writer.write_batch)
+                if args.type == "protein":
+                    mismatch = ingest_proteins(proteins, _records(args.input))
+                else:
+                    contigs, mismatch, renamed_contigs = ingest_contigs(
+                        proteins, _records(args.input)
+                    )
+                proteins.rows.flush()
+            _warn_mismatch(args, mismatch)
+            renamed = proteins.ids.renamed
+            if renamed:
+                log.warning(
+                    "%s: %d duplicate protein ids renamed with a .dupN suffix", args.input,
+                    renamed,
+                )  # fmt: skip
+            if renamed_contigs:
+                log.warning(
+                    "%s: %d duplicate contig ids renamed with a .dupN suffix", args.input,
+                    renamed_contigs,
+                )  # fmt: skip
+            metadata = {
+                "esmpipe_version": __version__,
+                "sample": args.sample,
+                "type": args.type,
+                "input": str(args.input),
+                "input_sha256": file_sha256(args.input),
+                "status_counts": dict(sorted(proteins.statuses.items())),
+                "duplicate_ids_renamed": renamed,
+            }
+            if contigs is not None:
+                import pyrodigal
+
+                metadata["gene_caller"] = f"pyrodigal {pyrodigal.__version__} (meta mode)"
+                contig_metadata = {
+                    **metadata,
+                    "status_counts": dict(sorted(contigs.statuses.items())),
+                    "duplicate_ids_renamed": renamed_contigs,
+                }
+                metadata["contigs_output"] = str(contigs_output)
+                metadata["contig_status_counts"] = contig_metadata["status_counts"]
+                # Written first: an existing proteins table implies its contigs table.
+                write_parquet_atomic(contigs.table(), contigs_output, contig_metadata)
+            elif args.contigs_output is None and contigs_output.exists():
+                # A sample re-declared from contigs to protein: its old contigs table
+                # would otherwise be gathered as if it still described this sample.
+                log.warning("%s: removing the contigs table of an earlier contigs run",
+                            contigs_output)  # fmt: skip
+                contigs_output.unlink()
+            rows = _finish(draft, tmp, metadata)
+        finally:
+            draft.unlink(missing_ok=True)
     if contigs is not None:
         log.info("%s: %d contigs (%s) -> %s", args.sample, sum(contigs.statuses.values()),
                  _counts(contigs.statuses), contigs_output)  # fmt: skip
-    log.info("%s: %d rows (%s) -> %s", args.sample, table.num_rows, _counts(proteins.statuses),
+    log.info("%s: %d rows (%s) -> %s", args.sample, rows, _counts(proteins.statuses),
              args.output)  # fmt: skip
     return 0
-

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from esmpipe.cli import main
+from esmpipe.io.tables import read_metadata
 
 
 def _ingest(tmp_path: Path, source: Path) -> tuple[int, Path]:
@@ -58,3 +59,26 @@ def test_unreadable_files_name_the_file_and_the_fix(
     assert rc == 2 and not out.exists()
     err = capsys.readouterr().err
     assert str(source) in err and expected in err
+
+
+def test_samples_stream_in_row_groups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import esmpipe.commands.ingest as ingest
+
+    monkeypatch.setattr(ingest, "BATCH_ROWS", 2)
+    source = tmp_path / "five.faa"
+    source.write_text("".join(f">p{i}\n{'MKVLLA'[: i + 1]}\n" for i in range(5)))
+    rc, out = _ingest(tmp_path, source)
+    assert rc == 0
+    assert pq.ParquetFile(out).num_row_groups == 3
+    rows = pq.read_table(out).to_pylist()
+    assert [r["sequence"] for r in rows] == ["M", "MK", "MKV", "MKVL", "MKVLL"]
+    assert read_metadata(out)["status_counts"] == {"ok": 5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["S.parquet", "five.faa"]
+
+
+def test_a_failed_ingest_leaves_no_files(tmp_path: Path) -> None:
+    source = tmp_path / "dna.faa"
+    source.write_text(">g1\n" + "ACGTTGCAAGCT" * 5 + "\n")
+    rc, out = _ingest(tmp_path, source)
+    assert rc == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dna.faa"]
