@@ -96,6 +96,15 @@ def _check_format(path: str | os.PathLike[str], first: bytes) -> None:
             raise FastaError(f"{path}: is {what}, not FASTA text; {remedy}")
 
 
+def _guess_format(line: str) -> str:
+    """A hint naming the format a file that does not start with '>' seems to be in."""
+    if line.startswith("@"):
+        return " (this looks like FASTQ reads: give assembled contigs or proteins as FASTA)"
+    if line.startswith(("LOCUS", "ID ")):
+        return " (this looks like GenBank/EMBL: convert it to FASTA)"
+    return ""
+
+
 def _where(record_number: int, record_id: str | None) -> str:
     if record_id is None:
         return "before the first record"
@@ -148,7 +157,7 @@ def read_fasta(path: str | os.PathLike[str]) -> Iterator[FastaRecord]:
                     if line.strip():
                         raise FastaError(
                             f"{path}: line {line_number}: sequence data before the first header; "
-                            "a FASTA file must start with a '>' line"
+                            "a FASTA file must start with a '>' line" + _guess_format(line)
                         )
                 else:
                     chunks.append(line.strip())

@@ -145,3 +145,14 @@ def test_header_with_only_spaces_after_the_marker(tmp_path: Path) -> None:
     path = tmp_path / "space.fa"
     path.write_text(">  p1 desc\nMKV\n")
     assert list(read_fasta(path)) == [FastaRecord("p1", "p1 desc", "MKV")]
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [("@read1\nACGT\n+\nIIII\n", "FASTQ"), ("LOCUS       NC_000913\n", "GenBank")],
+)
+def test_other_text_formats_get_a_hint(tmp_path: Path, text: str, hint: str) -> None:
+    path = tmp_path / "reads.fa"
+    path.write_text(text)
+    message = _error(path)
+    assert str(path) in message and "before the first header" in message and hint in message
