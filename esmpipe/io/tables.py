@@ -52,6 +52,19 @@ PROTEINS_SCHEMA = pa.schema(
 )
 
 
+# Contig samples: one row per input record of the contigs FASTA, so that a contig
+# on which no gene is called (or that is not a contig at all) still leaves a row.
+CONTIGS_SCHEMA = pa.schema(
+    [
+        pa.field("sample", pa.string(), nullable=False),
+        pa.field("contig", pa.string(), nullable=False),  # record id, .dupN when repeated
+        pa.field("length", pa.int64(), nullable=False),  # residues, whitespace removed
+        pa.field("genes", pa.int32(), nullable=False),  # genes called (rows in proteins)
+        pa.field("status", pa.string(), nullable=False),  # esmpipe.status.CONTIG_STATUSES
+    ]
+)
+
+
 def EMBEDDINGS_SCHEMA(
     dim: int,
     *,
