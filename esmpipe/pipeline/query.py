@@ -1,21 +1,35 @@
 """SQL over a results folder with DuckDB.
 
-`proteins`, `structures` and `embeddings` become views over whatever form each
-table has on disk: a folder of Parquet files (hive-partitioned or not) or one
+`proteins`, `structures`, `embeddings` (and `contigs` for contig samples) become
+views over whatever form each table has on disk: a folder of Parquet parts (read
+with a `**/*.parquet` glob, so nested and hive-partitioned layouts work) or one
 `<name>.parquet` file. Absent tables (a stage switched off) are simply not defined
 (see `esmpipe.io.tables.result_tables`).
+
+Derived views, defined when their tables are:
+- `sequences`: one row per distinct sequence of the proteins table, with the
+  number of samples (`n_samples`) and records (`n_records`) it occurs in and the
+  sorted list of those samples (`samples`): the cohort's prevalence.
+- `records`: one row per input record, the proteins table with its structure's
+  scores (`mean_plddt`, `ptm`, PAE, `flags`, ...: no per-residue or PDB columns)
+  and its sequence's prevalence, for filters such as `esmpipe export --where`.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import duckdb
 
-from esmpipe.io.tables import RESULT_TABLES as TABLES
-from esmpipe.io.tables import atomic_path, result_tables, write_parquet_atomic
+from esmpipe.io.tables import RESULT_TABLES, atomic_path, result_tables, write_parquet_atomic
 
+# The gathered tables, contigs included (which `result_tables` may not list yet).
+TABLES = tuple(dict.fromkeys((*RESULT_TABLES, "contigs")))
+VIEWS = ("sequences", "records")
 FORMATS = ("table", "csv", "tsv", "parquet", "json")
+# Structure columns too large for a row-per-record view.
+BULKY_STRUCTURE_COLUMNS = ("pdb", "plddt", "pae", "cif")
 
 
 class QueryError(ValueError):
@@ -26,10 +40,23 @@ def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _tables_on_disk(results: str | os.PathLike) -> dict[str, Path]:
+    found = dict(result_tables(results))
+    for name in TABLES:
+        if name in found:
+            continue
+        folder, single = Path(results) / name, Path(results) / f"{name}.parquet"
+        if name == "contigs" and folder.is_dir() and any(folder.rglob("*.parquet")):
+            found[name] = folder
+        elif name == "contigs" and single.is_file():
+            found[name] = single
+    return found
+
+
 def table_sources(results: str | os.PathLike) -> dict[str, str]:
     """Table name -> DuckDB `read_parquet(...)` expression for each table present."""
     sources = {}
-    for name, path in result_tables(results).items():
+    for name, path in _tables_on_disk(results).items():
         if path.is_dir():
             pattern = _sql_string(str(path / "**" / "*.parquet"))
             sources[name] = (
@@ -51,7 +78,37 @@ def connect(results: str | os.PathLike) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
     for name, source in sources.items():
         con.execute(f"CREATE VIEW {name} AS SELECT * FROM {source}")
+    if "proteins" in sources:
+        _create_derived_views(con, set(sources))
     return con
+
+
+def view_columns(con: duckdb.DuckDBPyConnection, name: str) -> list[str]:
+    """Column names of a table or view of `con`."""
+    return [row[0] for row in con.execute(f"DESCRIBE {name}").fetchall()]
+
+
+def _create_derived_views(con: duckdb.DuckDBPyConnection, tables: set[str]) -> None:
+    proteins = view_columns(con, "proteins")
+    extra = ", any_value(sequence) AS sequence" if "sequence" in proteins else ""
+    con.execute(
+        "CREATE VIEW sequences AS SELECT seq_hash, any_value(length) AS length, "
+        "count(DISTINCT sample) AS n_samples, count(*) AS n_records, "
+        f"list(DISTINCT sample ORDER BY sample) AS samples{extra} "
+        "FROM proteins WHERE seq_hash IS NOT NULL GROUP BY seq_hash"
+    )
+    select = ["p.*"]
+    joins = []
+    if "structures" in tables:
+        taken = set(proteins) | set(BULKY_STRUCTURE_COLUMNS)
+        for column in view_columns(con, "structures"):
+            if column not in taken:
+                select.append(f's."{column}"')
+        joins.append("LEFT JOIN structures s USING (seq_hash)")
+    select += ["q.n_samples", "q.n_records"]
+    joins.append("LEFT JOIN sequences q USING (seq_hash)")
+    con.execute(f"CREATE VIEW records AS SELECT {', '.join(select)} FROM proteins p "
+                + " ".join(joins))
 
 
 def run_query(
