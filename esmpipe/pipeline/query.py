@@ -22,7 +22,7 @@ from pathlib import Path
 
 import duckdb
 
-from esmpipe.io.tables import RESULT_TABLES, atomic_path, result_tables, write_parquet_atomic
+from esmpipe.io.tables import RESULT_TABLES, atomic_path, result_tables
 
 # The gathered tables, contigs included (which `result_tables` may not list yet).
 TABLES = tuple(dict.fromkeys((*RESULT_TABLES, "contigs")))
@@ -111,53 +111,85 @@ def _create_derived_views(con: duckdb.DuckDBPyConnection, tables: set[str]) -> N
                 + " ".join(joins))
 
 
-def run_query(
-    sql: str,
-    results: str | os.PathLike,
-    *,
-    fmt: str = "table",
-    output: str | os.PathLike | None = None,
-) -> str | None:
-    """Run `sql` and return its text rendering, or write it to `output`.
-
-    `table` renders a fixed-width table, `csv`/`tsv`/`json` (records, one per line)
-    text; `parquet` needs `output`. With `output` the result is written there
-    atomically and None is returned.
-    """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    con = connect(results)
+def _relation(con: duckdb.DuckDBPyConnection, sql: str, results) -> duckdb.DuckDBPyRelation:
     try:
         rel = con.sql(sql)
-        if rel is None:
-            raise ValueError("the statement returns no rows; give a SELECT query")
-        table = rel.to_arrow_table()
     except duckdb.Error as err:
         # The usual mistake is a table of a stage that is switched off (or misspelt).
         raise QueryError(
             f"query failed: {err}\nthe tables under {results} are "
             f"{', '.join(table_sources(results))}"
         ) from err
+    if rel is None:
+        raise ValueError("the statement returns no rows; give a SELECT query")
+    return rel
+
+
+def _limited(sql: str, limit: int | None) -> str:
+    sql = sql.strip().rstrip(";")
+    return sql if limit is None else f"SELECT * FROM ({sql}) LIMIT {int(limit)}"
+
+
+def run_query(
+    sql: str,
+    results: str | os.PathLike,
+    *,
+    fmt: str = "table",
+    output: str | os.PathLike | None = None,
+    limit: int | None = None,
+) -> str | None:
+    """Run `sql` and return its text rendering, or write it to `output`.
+
+    `table` renders a fixed-width table, `csv`/`tsv`/`json` (records, one per line)
+    text; `parquet` needs `output`. With `output` the result is streamed there by
+    DuckDB's COPY (atomically: a temporary file renamed into place) and None is
+    returned. `limit`: at most that many rows (None: all).
+    """
+    from esmpipe.results.output import copy_to, render
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "parquet" and output is None:
+        raise ValueError("--format parquet needs --output FILE")
+    con = connect(results)
+    try:
+        rel = _relation(con, sql, results)
+        try:
+            if output is None:
+                return render(rel, fmt, limit=limit)
+            if fmt == "table":
+                text = render(rel, fmt, limit=limit)
+                with atomic_path(output) as tmp:
+                    tmp.write_text(text)
+            else:
+                copy_to(con, _limited(sql, limit), fmt, output, {"query": sql})
+            return None
+        except duckdb.Error as err:
+            raise QueryError(f"query failed: {err}") from err
     finally:
         con.close()
-    if fmt == "parquet":
-        if output is None:
-            raise ValueError("--format parquet needs --output FILE")
-        write_parquet_atomic(table, output, {"query": sql})
-        return None
-    frame = table.to_pandas()
-    if fmt == "table":
-        import pandas as pd
 
-        with pd.option_context("display.max_rows", None, "display.max_columns", None,
-                               "display.width", 200, "display.max_colwidth", 60):
-            text = frame.to_string(index=False) + "\n"
-    elif fmt in ("csv", "tsv"):
-        text = frame.to_csv(index=False, sep="," if fmt == "csv" else "\t")
-    else:
-        text = frame.to_json(orient="records", lines=True)
-    if output is not None:
-        with atomic_path(output) as tmp:
-            tmp.write_text(text)
-        return None
-    return text
+
+def stream_query(
+    sql: str,
+    results: str | os.PathLike,
+    *,
+    fmt: str = "table",
+    limit: int | None = None,
+    out=None,
+) -> tuple[int, bool]:
+    """Run `sql` and stream its rows as text to `out` (stdout), at most `limit`;
+    returns (rows written, whether rows were left out by the limit)."""
+    from esmpipe.results.output import write_relation
+
+    if fmt not in FORMATS or fmt == "parquet":
+        raise ValueError(f"format {fmt!r} cannot go to the terminal; give --output FILE")
+    con = connect(results)
+    try:
+        rel = _relation(con, sql, results)
+        try:
+            return write_relation(rel, fmt, limit=limit, out=out)
+        except duckdb.Error as err:
+            raise QueryError(f"query failed: {err}") from err
+    finally:
+        con.close()

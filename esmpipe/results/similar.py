@@ -51,7 +51,7 @@ def _query_vector(results: Results, index: VectorIndex, parts, query: str,
     except RecordNotFound as err:
         normalised, status = normalise_sequence(query)
         if sample is not None or status != "ok" or not query.strip().isalpha():
-            raise RecordNotFound(f"{err}; nor is it a protein sequence") from None
+            raise err from None
         digest = seq_hash(normalised)
         vector = index.find(digest, parts)
         if vector is not None:
@@ -115,8 +115,8 @@ def _details(results: Results, hashes: list[str]) -> dict[str, dict[str, Any]]:
         for h, plddt, ptm in results.con.sql(
                 "SELECT seq_hash, mean_plddt, ptm FROM structures "
                 "WHERE list_contains($hashes, seq_hash)", params={"hashes": hashes}).fetchall():
-            out["mean_plddt"][h] = plddt
-            out["ptm"][h] = ptm
+            out["mean_plddt"][h] = None if plddt is None else round(plddt, 3)
+            out["ptm"][h] = None if ptm is None else round(ptm, 4)
     return out
 
 
