@@ -24,10 +24,14 @@ remembered per file by (path, size, mtime), so recomputing a key is cheap.
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib
+import importlib.util
 import json
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -267,14 +271,25 @@ def resolve_precision(
 
 
 def output_version(stage: str) -> int:
-    """The stage engine's OUTPUT_VERSION (bumped when a fix changes outputs)."""
-    if stage == "embed":
-        from esmpipe.engine.embed import OUTPUT_VERSION
-    elif stage == "fold":
-        from esmpipe.engine.fold import OUTPUT_VERSION
-    else:
+    """The stage engine's OUTPUT_VERSION (bumped when a fix changes outputs).
+
+    Read from the engine module's source when the module is not imported yet, so
+    that computing a key does not pay for importing torch.
+    """
+    if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}")
-    return int(OUTPUT_VERSION)
+    name = f"esmpipe.engine.{stage}"
+    if name in sys.modules:
+        return int(sys.modules[name].OUTPUT_VERSION)
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.origin is not None, name
+    tree = ast.parse(Path(spec.origin).read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == "OUTPUT_VERSION" for t in targets):
+                return int(ast.literal_eval(node.value))
+    return int(importlib.import_module(name).OUTPUT_VERSION)
 
 
 def value_settings(stage: str, settings: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -193,6 +193,25 @@ def ingest_files():
     return [f"work/ingest/{sample}.parquet" for sample in sorted(SAMPLES)]
 
 
+def write_if_changed(path, text):
+    """Write `text` to `path` unless it holds it already (so its mtime marks changes only)."""
+    path = Path(path)
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+
+
+# The cohort's ingest tables, one path a line: `--ingest-list` of the plan and the
+# gathers, so that no command line grows with the cohort. Written here, where the
+# sheet is read, and rewritten only when the cohort changes: a new sample then
+# makes the plan run again, as its new ingest table would.
+INGEST_LIST = "work/ingest/list.txt"
+if workflow.is_main_process:
+    write_if_changed(INGEST_LIST, "".join(f"{path}\n" for path in ingest_files()))
+
+
 def ingest_arg(list_file):
     """The ingest tables for a command line: a list file, or (older esmpipe) every path."""
     if LIST_INPUTS:

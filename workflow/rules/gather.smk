@@ -31,7 +31,7 @@ rule gather_stage:
 rule gather_proteins:
     input:
         ingest=ingest_files(),
-        ingest_list="work/ingest/list.txt",
+        ingest_list=INGEST_LIST,
         status=[f"work/status/{RESULT_TABLE[stage]}.parquet" for stage in ENABLED],
     output:
         directory("results/proteins"),
@@ -60,7 +60,7 @@ if CONTIG_SAMPLES and CONTIGS_TABLE:
     rule gather_contigs:
         input:
             ingest=ingest_files(),
-            ingest_list="work/ingest/list.txt",
+            ingest_list=INGEST_LIST,
         output:
             directory("results/contigs"),
         resources:

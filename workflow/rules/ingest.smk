@@ -25,17 +25,3 @@ rule ingest:
     shell:
         "esmpipe ingest --sample {wildcards.sample} --type {params.type}"
         " --input {input:q} --output {output} > {log} 2>&1"
-
-
-# The cohort's ingest tables, one path a line: `--ingest-list` of the plan and the
-# gather, so that no command line grows with the cohort. Written in Python (a shell
-# command holding every path would itself pass the kernel's argument limit).
-rule ingest_list:
-    input:
-        ingest_files(),
-    output:
-        "work/ingest/list.txt",
-    log:
-        "logs/ingest/list.log",
-    run:
-        Path(output[0]).write_text("".join(f"{path}\n" for path in input))

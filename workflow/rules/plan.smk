@@ -7,7 +7,7 @@
 checkpoint plan:
     input:
         ingest=ingest_files(),
-        ingest_list="work/ingest/list.txt",
+        ingest_list=INGEST_LIST,
         key="work/keys/{stage}.json",
         cache_dir="work/keys/{stage}.cache_dir",
     output:
