@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import duckdb
 import pandas as pd
 import pyarrow as pa
@@ -13,7 +15,9 @@ from esmpipe.results import RecordNotFound, Results
 def raw(results, sql):
     """SQL straight on the Parquet files, without our views."""
     con = duckdb.connect()
-    for name in ("proteins", "structures", "embeddings"):
+    for name in ("proteins", "structures", "embeddings", "contigs"):
+        if not (results / name).is_dir():
+            continue
         con.execute(f"CREATE VIEW raw_{name} AS SELECT * FROM "
                     f"read_parquet('{results}/{name}/**/*.parquet')")
     return con.sql(sql).to_df()
@@ -46,9 +50,22 @@ def test_lazy_relations(res, demo_results):
     ok = res.proteins.filter("status = 'ok'").aggregate("count(*)").fetchall()[0][0]
     assert ok == (res.query("SELECT status FROM proteins").status == "ok").sum()
     assert "embedding" in res.embeddings.columns
-    assert res.tables == ["proteins", "structures", "embeddings"]
-    with pytest.raises(RecordNotFound, match="no table 'contigs'"):
-        res.contigs  # noqa: B018
+    # The demo has contig samples: results/contigs accounts for every contig.
+    assert res.tables == ["proteins", "structures", "embeddings", "contigs"]
+    contigs = raw(demo_results, "SELECT count(*) AS n FROM raw_contigs").n[0]
+    assert res.contigs.count("*").fetchall()[0][0] == contigs > 0
+
+
+def test_missing_table_is_named(demo_results, tmp_path):
+    from esmpipe.results import Results
+
+    partial = tmp_path / "results"
+    partial.mkdir()
+    shutil.copytree(demo_results / "proteins", partial / "proteins")
+    with Results(partial, index_dir=tmp_path / "index") as results:
+        assert results.tables == ["proteins"]
+        with pytest.raises(RecordNotFound, match="no table 'contigs'"):
+            results.contigs  # noqa: B018
 
 
 def test_sequences_view_is_the_prevalence(res):
