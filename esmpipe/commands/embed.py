@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -130,12 +132,17 @@ def run_streaming(
     inputs: Inputs,
     run: Callable[[list[str]], Iterator[tuple[list[int], list[Any]]]],
     rows: Callable[[list[str], list[str], list[Any]], pa.Table],
+    *,
+    background: bool = False,
 ) -> int:
     """Run the engine over the inputs `partial` does not hold yet, writing each batch as
     it finishes; returns how many sequences this try computed.
 
     `run(sequences)` yields `(indices, results)` per batch; `rows(hashes, sequences,
-    results)` turns them into the output's rows.
+    results)` turns them into the output's rows. `background`: the writes (Parquet,
+    zstd, fsync) run in one writer thread while the next batch computes, at most two
+    waiting; an error in a write is raised here, and on any exit (a failure, an
+    interrupt) the batches already handed over are written first.
     """
     done = partial.done()
     todo = [i for i, h in enumerate(inputs.hashes) if h not in done]
@@ -143,10 +150,20 @@ def run_streaming(
         log.info("resuming: %d of %d sequences already computed", len(inputs.hashes) - len(todo),
                  len(inputs.hashes))  # fmt: skip
     sequences = [inputs.sequences[i] for i in todo]
-    for indices, results in run(sequences):
-        members = [todo[i] for i in indices]
-        partial.write(rows([inputs.hashes[m] for m in members],
-                           [inputs.sequences[m] for m in members], results))  # fmt: skip
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="esmpipe-write") as writer:
+        waiting: deque[Future] = deque()
+        for indices, results in run(sequences):
+            members = [todo[i] for i in indices]
+            table = rows([inputs.hashes[m] for m in members],
+                         [inputs.sequences[m] for m in members], results)  # fmt: skip
+            if not background:
+                partial.write(table)
+                continue
+            waiting.append(writer.submit(partial.write, table))
+            while waiting and (len(waiting) > 2 or waiting[0].done()):
+                waiting.popleft().result()
+        while waiting:
+            waiting.popleft().result()
     return len(todo)
 
 
@@ -296,7 +313,7 @@ def run(args: argparse.Namespace) -> int:
         args.output, schema,
         resume_key(args, dtype=dtype_name(dtype), output_version=OUTPUT_VERSION, **settings),
     )  # fmt: skip
-    run_streaming(partial, inputs, embedder.run, rows)
+    run_streaming(partial, inputs, embedder.run, rows, background=True)
     metadata = run_metadata(args, inputs, partial.counts("status"), dtype=dtype_name(dtype),
                             device=device, output_version=OUTPUT_VERSION,
                             **settings)  # fmt: skip

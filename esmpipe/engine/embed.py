@@ -73,8 +73,9 @@ ROTARY_DEFAULT_WINDOW = 1022
 INCLUDE_CHOICES = ("mean", "bos", "per_residue")
 LM_SCORES = ("none", "unmasked", "pseudo")
 
-# Token budgets per batch when --max-tokens is not given (measured on a 2-core CPU:
-# 4,096 real tokens was the fastest of 1k-16k for the 8M-150M shapes).
+# Token budgets per batch when --max-tokens is not given. CPU: on the 2-core CPU of
+# issue 7, 16,384 ran about 10% slower than 4,096 (smaller matrices stay in cache);
+# other sizes not measured. CUDA: large batches keep the GPU busy (not measured yet).
 CPU_MAX_TOKENS = 4096
 CUDA_MAX_TOKENS = 32768
 

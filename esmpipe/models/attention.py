@@ -51,6 +51,7 @@ def packed_attention(
         varlen = _varlen_attn()
         if varlen is not None:
             try:
+                q, k, v = (t.contiguous() for t in (q, k, v))
                 return varlen(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, scale=1.0)
             except (RuntimeError, NotImplementedError):  # e.g. a head size flash lacks
                 pass

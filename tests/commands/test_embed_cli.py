@@ -211,3 +211,40 @@ def test_layer_alias_and_bad_options(tiny_esm2: Path, tmp_path: Path,
     assert "--layers 3" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*base, "--output", str(a), "--include", "mean,cls"])
+
+
+def test_background_writes_keep_order_and_raise_errors() -> None:
+    import threading
+
+    from esmpipe.commands.embed import run_streaming
+    from esmpipe.engine.inputs import Inputs
+
+    class Partial:
+        def __init__(self, fail_at: int | None = None) -> None:
+            self.written: list[list[str]] = []
+            self.threads: set[str] = set()
+            self.fail_at = fail_at
+
+        def done(self) -> set[str]:
+            return set()
+
+        def write(self, table) -> None:
+            self.threads.add(threading.current_thread().name)
+            if self.fail_at is not None and len(self.written) == self.fail_at:
+                raise OSError("disk full (injected)")
+            self.written.append(table)
+
+    inputs = Inputs(hashes=[f"h{i}" for i in range(7)], sequences=["M" * (i + 1) for i in range(7)])
+
+    def run(sequences):
+        for i in range(len(sequences)):
+            yield [i], [None]
+
+    partial = Partial()
+    assert run_streaming(partial, inputs, run, lambda h, s, r: h, background=True) == 7
+    assert partial.written == [[f"h{i}"] for i in range(7)]
+    assert all(name.startswith("esmpipe-write") for name in partial.threads)
+    failing = Partial(fail_at=3)
+    with pytest.raises(OSError, match="disk full"):
+        run_streaming(failing, inputs, run, lambda h, s, r: h, background=True)
+    assert failing.written == [[f"h{i}"] for i in range(3)]
