@@ -33,13 +33,30 @@ amortises kernel launches; the bound keeps the padding waste under 10%.
 Sequences longer than
 `max_length` (default 1280, the ESM Metagenomic Atlas limit) get status
 "too_long".
+
+Bad output: a protein with any non-finite value (NaN or inf) in its own
+positions (existing atoms), pLDDT, PAE or pTM gets status "non_finite" and no
+structure or confidence values, never a NaN in the tables. `flags` (list of
+strings, empty when none) marks values that are finite but suspect:
+
+- `suspect_ptm`: pTM >= `SUSPECT_PTM_MIN` (0.7, the range usually read as a
+  confident fold) while mean pLDDT < `SUSPECT_PLDDT_MAX` (50, "very low" in
+  AlphaFold's bands). The two heads then disagree; the known case is a long
+  chain folded without chunking that gets a pTM near 1 for a meaningless
+  structure. The structure is kept; the report counts flagged structures.
+
+Recycling: `early_stop_tolerance` (Angstrom, opt-in; None runs every recycle
+and equals the reference) stops recycling once the C-alpha structure changes by
+less than it between passes (measure: `esmpipe.models.esmfold.trunk`);
+`recycles` records the recycles actually run, per protein (for a batch under
+early stop, the batch's, since recycling is batch-wide).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -49,17 +66,30 @@ from esmpipe.engine.runner import Progress, run_batches
 from esmpipe.io.structure import to_pdb
 from esmpipe.models.esmfold import residue_constants as rc
 from esmpipe.models.esmfold.geometry import atom14_to_atom37
-from esmpipe.status import OK, OUT_OF_MEMORY, TOO_LONG
+from esmpipe.status import NON_FINITE, OK, OUT_OF_MEMORY, TOO_LONG
 
 log = logging.getLogger(__name__)
 
 # Bump when a change alters the values this engine writes: cached results carry it,
 # and a cache part of another version is computed again.
-OUTPUT_VERSION = 1
+# 2: `flags`, `recycles`, status non_finite.
+OUTPUT_VERSION = 2
 
 DEFAULT_MAX_LENGTH = 1280
 DEFAULT_PADDING_BOUND = 1.1
 CA = rc.atom_order["CA"]
+
+SUSPECT_PTM = "suspect_ptm"
+SUSPECT_PTM_MIN = 0.7  # pTM at or above: the model claims a confident fold ...
+SUSPECT_PLDDT_MAX = 50.0  # ... mean pLDDT (0-100) below: ... that its pLDDT denies
+
+
+def quality_flags(ptm: float, mean_plddt: float) -> list[str]:
+    """The `flags` of a finite result (module docstring)."""
+    flags = []
+    if ptm >= SUSPECT_PTM_MIN and mean_plddt < SUSPECT_PLDDT_MAX:
+        flags.append(SUSPECT_PTM)
+    return flags
 
 
 def plan_batches(
@@ -113,6 +143,8 @@ class FoldResult:
     max_pae: float | None = None
     mean_pae: float | None = None
     pdb: str | None = None
+    flags: list[str] = field(default_factory=list)
+    recycles: int | None = None  # recycles run; None when the model did not run
 
 
 class FoldingEngine:
@@ -134,6 +166,7 @@ class FoldingEngine:
         chunk_size: int | None = None,
         padding_bound: float = DEFAULT_PADDING_BOUND,
         max_batch_size: int | None = None,
+        early_stop_tolerance: float | None = None,
     ) -> None:
         self.model = model
         self.padding_bound = padding_bound
@@ -146,6 +179,9 @@ class FoldingEngine:
         self.chunk_size = chunk_size
         if chunk_size is not None:
             model.set_chunk_size(chunk_size)
+        self.early_stop_tolerance = early_stop_tolerance
+        if early_stop_tolerance is not None:
+            model.set_early_stop_tolerance(early_stop_tolerance)
 
     @property
     def device(self) -> torch.device:
@@ -176,11 +212,24 @@ class FoldingEngine:
         plddt = (out.plddt.float() * 100).cpu().numpy()  # [B, L, 37]
         pae = out.predicted_aligned_error.float().cpu().numpy()  # [B, L, L]
         ptm = out.ptm.float().cpu().numpy()  # [B]
+        recycles = int(out.recycles)
         results = []
         for i, seq in enumerate(sequences):
             n = len(seq)
             ca = plddt[i, :n, CA].astype(np.float32)
             own_pae = pae[i, :n, :n]
+            real = exists[i, :n] > 0
+            finite = (
+                np.isfinite(positions[i, :n][real]).all()
+                and np.isfinite(plddt[i, :n][real]).all()
+                and np.isfinite(ca).all()
+                and np.isfinite(own_pae).all()
+                and np.isfinite(ptm[i])
+            )
+            if not finite:
+                log.warning("non-finite output for a sequence of %d residues", n)
+                results.append(FoldResult(NON_FINITE, recycles=recycles))
+                continue
             pdb = to_pdb(
                 aatype[i, :n],
                 positions[i, :n],
@@ -197,6 +246,8 @@ class FoldingEngine:
                     max_pae=float(own_pae.max()),
                     mean_pae=float(own_pae.mean()),
                     pdb=pdb,
+                    flags=quality_flags(float(ptm[i]), float(ca.mean())),
+                    recycles=recycles,
                 )
             )
         return results

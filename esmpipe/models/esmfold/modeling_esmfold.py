@@ -71,6 +71,8 @@ class EsmForProteinFoldingOutput(ModelOutput):
         mean_plddt [B]: mean of `plddt` over the atoms of `atom37_atom_exists`, 0-1
         scale (the reference's `infer` definition, on its 0-1 pLDDT scale).
         chain_index [B, L]: chain of each position, -1 on padding (only from `infer`).
+        recycles []: long scalar, the recycles actually run (passes - 1; fewer than
+        asked only under the trunk's opt-in early stop).
     """
 
     frames: torch.Tensor | None = None
@@ -98,6 +100,7 @@ class EsmForProteinFoldingOutput(ModelOutput):
     max_predicted_aligned_error: torch.Tensor | None = None
     mean_plddt: torch.Tensor | None = None
     chain_index: torch.Tensor | None = None
+    recycles: torch.Tensor | None = None
     mlm_targets: torch.Tensor | None = None
 
 
@@ -215,6 +218,13 @@ class EsmForProteinFolding(EsmPreTrainedModel):
         """
         self.trunk.set_chunk_size(chunk_size)
 
+    def set_early_stop_tolerance(self, tolerance: float | None) -> None:
+        """Opt-in early stop of recycling (Angstrom; None: every pass, as the reference).
+
+        See `esmpipe.models.esmfold.trunk` for the convergence measure.
+        """
+        self.trunk.set_early_stop_tolerance(tolerance)
+
     # -- the stem -----------------------------------------------------------------
 
     def af2_idx_to_esm_idx(self, aa: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -309,7 +319,7 @@ class EsmForProteinFolding(EsmPreTrainedModel):
         out = {
             k: structure[k]
             for k in ("frames", "sidechain_frames", "unnormalized_angles", "angles",
-                      "positions", "states", "s_s", "s_z")  # fmt: skip
+                      "positions", "states", "s_s", "s_z", "recycles")  # fmt: skip
         }
         out["mlm_targets"] = mlm_targets
         out["distogram_logits"] = symmetric_distogram(self.distogram_head, out["s_z"])
