@@ -46,8 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-recycles", type=int, default=None,
                         help="trunk recycles (default: the checkpoint's max_recycles)")  # fmt: skip
     parser.add_argument("--chunk-size", type=_positive, default=None,
-                        help="trunk pair-update chunk (less memory, slower; default: the "
-                             "checkpoint's)")  # fmt: skip
+                        help="trunk pair-update chunk (less memory, slower); default: "
+                             "automatic per batch, unchunked when the pair state fits in "
+                             "80%% of free memory (esmpipe.engine.fold)")  # fmt: skip
     parser.add_argument("--early-stop-tolerance", type=_non_negative_float, default=None,
                         metavar="ANGSTROM",
                         help="stop recycling once the C-alpha structure changes by less "
@@ -84,12 +85,15 @@ def run(args: argparse.Namespace) -> int:
     except (InputError, FastaError, ValueError) as err:
         raise UserError(str(err)) from None
     try:
+        # The stem is built in its own dtype and loaded straight into it (a 3B stem
+        # never passes through a full fp32 copy on the GPU); `dtype=None` keeps the
+        # trunk as built (fp32) when only the stem is reduced.
         model = EsmForProteinFolding.from_pretrained(
-            args.model, revision=args.revision, dtype=dtype, device=device
-        )
+            args.model, revision=args.revision, device=device,
+            dtype=dtype if dtype == stem_dtype else None, stem_dtype=stem_dtype,
+        )  # fmt: skip
     except (OSError, ValueError) as err:
         raise UserError(f"--model {args.model}: cannot load the checkpoint: {err}") from None
-    model.esm.to(stem_dtype)
     model.eval()
     precision = _precision_split(model)
     engine = FoldingEngine(model, max_tokens=args.max_tokens, max_length=args.max_length,
@@ -135,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=precision,
         device=device,
         output_version=OUTPUT_VERSION,
-        chunk_size=args.chunk_size if args.chunk_size is not None else trunk.chunk_size,
+        chunk_size=args.chunk_size if args.chunk_size is not None else "auto",
         **settings,
     )
     rows_written = partial.finish(metadata)

@@ -34,6 +34,29 @@ Sequences longer than
 `max_length` (default 1280, the ESM Metagenomic Atlas limit) get status
 "too_long".
 
+Memory (`trunk_memory`, `auto_chunk_size`): the trunk's memory is counted in
+units of one protein's pair state, U = L**2 * c_z * itemsize bytes (L the padded
+length; 23 MiB at L = 300 for c_z 64 in fp32, 488 MiB at L = 1000 for c_z 128):
+
+- held through the trunk, per protein: `PAIR_COPIES` = 7 U (the initial and the
+  recycled pair states, the current one, the update being added, and the pTM
+  and distogram heads' [L, L, 64] logits and probabilities at the end);
+- a block's peak temporaries: the triangle multiplication's four edge
+  projections, 4 U (one protein at a time, not chunked), plus 4 U of output
+  temporaries times the chunked fraction f = min(1, chunk / L); or the pair
+  transition's 6 U x f per protein of the batch (its 4x-wide hidden layer), the
+  larger of the two. In float16/bfloat16 the product's operands are fp32 copies
+  (+4 U of half-width units, counted as 2 U more).
+
+With no `--chunk-size`, each batch runs unchunked when that fits in
+`MEMORY_HEADROOM` (80%) of the free device memory (CUDA: free plus cached;
+CPU: MemAvailable), else with the largest power-of-two chunk that fits, never
+below `MIN_CHUNK_SIZE` rows. Out of memory (the shared ladder of
+`esmpipe.engine.runner`): the batch is split in halves; a single protein is then
+retried with the chunk size halved each time, from half its chunk (or half its
+length when it ran unchunked) down to `MIN_CHUNK_SIZE`; one that still does not
+fit gets status "out_of_memory".
+
 Bad output: a protein with any non-finite value (NaN or inf) in its own
 positions (existing atoms), pLDDT, PAE or pTM gets status "non_finite" and no
 structure or confidence values, never a NaN in the tables. `flags` (list of
@@ -55,7 +78,8 @@ early stop, the batch's, since recycling is batch-wide).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,6 +103,10 @@ DEFAULT_MAX_LENGTH = 1280
 DEFAULT_PADDING_BOUND = 1.1
 CA = rc.atom_order["CA"]
 
+PAIR_COPIES = 7
+MIN_CHUNK_SIZE = 16
+MEMORY_HEADROOM = 0.8
+
 SUSPECT_PTM = "suspect_ptm"
 SUSPECT_PTM_MIN = 0.7  # pTM at or above: the model claims a confident fold ...
 SUSPECT_PLDDT_MAX = 50.0  # ... mean pLDDT (0-100) below: ... that its pLDDT denies
@@ -90,6 +118,57 @@ def quality_flags(ptm: float, mean_plddt: float) -> list[str]:
     if ptm >= SUSPECT_PTM_MIN and mean_plddt < SUSPECT_PLDDT_MAX:
         flags.append(SUSPECT_PTM)
     return flags
+
+
+def trunk_memory(
+    n: int, length: int, c_z: int, itemsize: int, chunk_size: int | None
+) -> int:
+    """Bytes the trunk needs for n proteins padded to `length` (module docstring)."""
+    unit = length * length * c_z * itemsize
+    f = 1.0 if chunk_size is None else min(1.0, chunk_size / max(length, 1))
+    tri_mul = 4 + 4 * f + (2 if itemsize < 4 else 0)
+    temporaries = max(tri_mul, 6 * n * f)
+    return int(unit * (PAIR_COPIES * n + temporaries))
+
+
+def auto_chunk_size(
+    n: int,
+    length: int,
+    c_z: int,
+    itemsize: int,
+    free_bytes: int | None,
+    *,
+    min_chunk_size: int = MIN_CHUNK_SIZE,
+) -> int | None:
+    """None (unchunked) when the batch fits in `MEMORY_HEADROOM` of `free_bytes`, else
+    the largest power-of-two chunk that fits, at least `min_chunk_size`.
+    `free_bytes` None (unknown) means unchunked."""
+    if free_bytes is None:
+        return None
+    budget = MEMORY_HEADROOM * free_bytes
+    if trunk_memory(n, length, c_z, itemsize, None) <= budget:
+        return None
+    chunk = 1 << max(0, (length - 1).bit_length() - 1)  # largest power of two < length
+    while chunk > min_chunk_size and trunk_memory(n, length, c_z, itemsize, chunk) > budget:
+        chunk //= 2
+    return max(chunk, min_chunk_size)
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Memory a new allocation can use now: CUDA free plus this process's cached
+    blocks; on the CPU, MemAvailable (None where /proc/meminfo is absent)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + cached)
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def plan_batches(
@@ -167,8 +246,16 @@ class FoldingEngine:
         padding_bound: float = DEFAULT_PADDING_BOUND,
         max_batch_size: int | None = None,
         early_stop_tolerance: float | None = None,
+        min_chunk_size: int = MIN_CHUNK_SIZE,
+        free_memory: Callable[[], int | None] | None = None,
     ) -> None:
         self.model = model
+        self.min_chunk_size = min_chunk_size
+        # Injectable for tests: free device memory in bytes (None: unknown).
+        self.free_memory = free_memory or (lambda: free_memory_bytes(self.device))
+        # Set by the out-of-memory ladder around a single protein's retry.
+        self._forced_chunk: int | None = None
+        self.last_chunk_size: int | None = None
         self.padding_bound = padding_bound
         if max_batch_size is None and self.device.type == "cpu":
             max_batch_size = 1
@@ -177,8 +264,6 @@ class FoldingEngine:
         self.max_length = max_length
         self.num_recycles = num_recycles
         self.chunk_size = chunk_size
-        if chunk_size is not None:
-            model.set_chunk_size(chunk_size)
         self.early_stop_tolerance = early_stop_tolerance
         if early_stop_tolerance is not None:
             model.set_early_stop_tolerance(early_stop_tolerance)
@@ -187,8 +272,39 @@ class FoldingEngine:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def chunk_size_for(self, n: int, length: int) -> int | None:
+        """The trunk chunk size for n proteins padded to `length`: the ladder's, else
+        `chunk_size` as given, else automatic (module docstring)."""
+        if self._forced_chunk is not None:
+            return self._forced_chunk
+        if self.chunk_size is not None:
+            return self.chunk_size
+        trunk = self.model.config.esmfold_config.trunk
+        itemsize = next(self.model.trunk.parameters()).element_size()
+        return auto_chunk_size(n, length, trunk.pairwise_state_dim, itemsize,
+                               self.free_memory(), min_chunk_size=self.min_chunk_size)  # fmt: skip
+
+    def _chunk_fallbacks(self, length: int) -> Iterator[AbstractContextManager]:
+        """Halved chunk sizes for one protein that ran out of memory, down to the floor."""
+        start = self.chunk_size_for(1, length)
+        chunk = (length if start is None else min(start, length)) // 2
+        while chunk >= self.min_chunk_size:
+            yield self._forcing_chunk(chunk)
+            chunk //= 2
+
+    @contextmanager
+    def _forcing_chunk(self, chunk: int) -> Iterator[None]:
+        self._forced_chunk = chunk
+        try:
+            yield
+        finally:
+            self._forced_chunk = None
+
     @torch.inference_mode()
     def _fold_batch(self, sequences: list[str]) -> list[FoldResult]:
+        chunk = self.chunk_size_for(len(sequences), max(len(seq) for seq in sequences))
+        self.model.set_chunk_size(chunk)
+        self.last_chunk_size = chunk
         out = self.model.infer(sequences, num_recycles=self.num_recycles)
         batch = {
             "residx_atom37_to_atom14": out.residx_atom37_to_atom14,
@@ -278,6 +394,7 @@ class FoldingEngine:
             is_oom=is_oom,
             free_memory=lambda: free_device_memory(self.device),
             out_of_memory=lambda member: FoldResult(OUT_OF_MEMORY),
+            fallbacks=lambda member: self._chunk_fallbacks(lengths[member]),
             progress=Progress("fold", lengths, costs),
             lengths=lengths,
             costs=costs,

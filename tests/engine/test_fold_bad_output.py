@@ -37,7 +37,7 @@ def _spoil(model, monkeypatch, field: str, which: str, value: float = float("nan
             i = sequences.index(which)
             tensor = getattr(out, field).clone()
             if field == "positions":
-                tensor[-1, i, 2, rc.atom_order["CA"] if False else 1, 0] = value
+                tensor[-1, i, 2, 1, 0] = value  # atom14 slot 1: the CA
             elif field == "ptm":
                 tensor[i] = value
             else:

@@ -15,7 +15,10 @@ parameter it fills, so the published checkpoint's fp16 stem tensors stay fp16
 under `fp16_esm = true` and are upcast to fp32 under `fp16_esm = false`. An
 explicit `dtype` casts the whole model, stem included. To run an fp32-built
 stem in fp16 afterwards (half the stem's memory), call `model.esm.half()`:
-`forward` casts the stem's features to the trunk's dtype.
+`forward` casts the stem's features to the trunk's dtype. `stem_dtype` (a
+constructor keyword, so also `from_pretrained(..., stem_dtype=torch.float16)`)
+builds the stem in that dtype before loading, so its weights are loaded straight
+into it. The pTM/PAE head and the pLDDT expectations always run in fp32.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from esmpipe.models.config import EsmConfig
@@ -134,7 +138,7 @@ class EsmForProteinFolding(EsmPreTrainedModel):
     # this non-persistent buffer; it is recomputed, not loaded.
     _keys_to_ignore_on_load_unexpected = [r"^esm\.embeddings\.position_ids$"]
 
-    def __init__(self, config: EsmConfig):
+    def __init__(self, config: EsmConfig, stem_dtype: torch.dtype | None = None):
         super().__init__(config)
         if not config.is_folding_model or config.esmfold_config is None:
             raise ValueError("EsmForProteinFolding needs a config with is_folding_model = true")
@@ -158,6 +162,11 @@ class EsmForProteinFolding(EsmPreTrainedModel):
         self.esm.requires_grad_(False)
         if cfg.fp16_esm:
             self.esm.half()
+        if stem_dtype is not None:
+            # Built (on the meta device under `from_pretrained`) in the stem's own
+            # precision, so that loading writes fp16 weights straight into fp16
+            # parameters: no full fp32 copy of a 3B stem on the GPU on the way.
+            self.esm.to(stem_dtype)
         self.esm_feats = config.hidden_size
         self.esm_layers = config.num_hidden_layers
         self.register_buffer("af2_to_esm", af2_to_esm_table(vocab))
@@ -335,12 +344,15 @@ class EsmForProteinFolding(EsmPreTrainedModel):
         out["residue_index"] = position_ids
 
         # [N_sm, B, L, 37, bins]
-        lddt_logits = self.lddt_head(out["states"])
+        # Confidence in fp32 whatever the trunk's precision: softmax expectations over
+        # 50 or 64 bins and sums over L pairs (pTM) lose digits in fp16/bf16.
+        lddt_logits = self.lddt_head(out["states"]).float()
         out["lddt_head"] = lddt_logits
         out["plddt"] = plddt_from_logits(lddt_logits[-1]) * residue_mask.to(lddt_logits.dtype)
         out["mean_plddt"] = mean_plddt(out["plddt"], out["atom37_atom_exists"])
 
-        ptm_logits = self.ptm_head(out["s_z"])
+        ptm_logits = F.linear(out["s_z"].float(), self.ptm_head.weight.float(),
+                              self.ptm_head.bias.float())  # fmt: skip
         out["ptm_logits"] = ptm_logits
         out["ptm"] = predicted_tm(ptm_logits, attention_mask)
         out.update(predicted_aligned_error(ptm_logits, attention_mask))
