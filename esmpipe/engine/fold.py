@@ -264,9 +264,10 @@ class FoldingEngine:
         self.max_length = max_length
         self.num_recycles = num_recycles
         self.chunk_size = chunk_size
+        # Applied to the model per batch (as the chunk size), so that an engine without
+        # early stop never inherits another engine's tolerance on a shared model.
         self.early_stop_tolerance = early_stop_tolerance
-        if early_stop_tolerance is not None:
-            model.set_early_stop_tolerance(early_stop_tolerance)
+        model.set_early_stop_tolerance(early_stop_tolerance)
 
     @property
     def device(self) -> torch.device:
@@ -304,6 +305,7 @@ class FoldingEngine:
     def _fold_batch(self, sequences: list[str]) -> list[FoldResult]:
         chunk = self.chunk_size_for(len(sequences), max(len(seq) for seq in sequences))
         self.model.set_chunk_size(chunk)
+        self.model.set_early_stop_tolerance(self.early_stop_tolerance)
         self.last_chunk_size = chunk
         out = self.model.infer(sequences, num_recycles=self.num_recycles)
         batch = {

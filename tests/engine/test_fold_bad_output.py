@@ -167,3 +167,12 @@ def test_early_stop_on_stops_at_the_first_converged_recycle(model) -> None:
 def test_early_stop_tolerance_is_validated(model) -> None:
     with pytest.raises(ValueError, match="tolerance"):
         model.set_early_stop_tolerance(-1.0)
+
+
+def test_an_engine_without_early_stop_ignores_another_engines_tolerance(model) -> None:
+    seq = SEQUENCES[1]
+    early = FoldingEngine(model, num_recycles=3, early_stop_tolerance=1e6)  # stops at once
+    plain = FoldingEngine(model, num_recycles=3)  # same model, built after `early`
+    assert early.fold([seq])[0].recycles == 1
+    assert plain.fold([seq])[0].recycles == 3
+    assert early.fold([seq])[0].recycles == 1
