@@ -266,8 +266,9 @@ class FoldingEngine:
         self.chunk_size = chunk_size
         # Applied to the model per batch (as the chunk size), so that an engine without
         # early stop never inherits another engine's tolerance on a shared model.
+        if early_stop_tolerance is not None and not early_stop_tolerance >= 0:
+            raise ValueError(f"early_stop_tolerance must be >= 0, got {early_stop_tolerance}")
         self.early_stop_tolerance = early_stop_tolerance
-        model.set_early_stop_tolerance(early_stop_tolerance)
 
     @property
     def device(self) -> torch.device:

@@ -167,6 +167,8 @@ def test_early_stop_on_stops_at_the_first_converged_recycle(model) -> None:
 def test_early_stop_tolerance_is_validated(model) -> None:
     with pytest.raises(ValueError, match="tolerance"):
         model.set_early_stop_tolerance(-1.0)
+    with pytest.raises(ValueError, match="tolerance"):
+        FoldingEngine(model, early_stop_tolerance=-1.0)
 
 
 def test_an_engine_without_early_stop_ignores_another_engines_tolerance(model) -> None:
