@@ -1,17 +1,28 @@
-"""Throughput of our EsmForProteinFolding against the `transformers` port, same random weights.
+"""`esmpipe fold` with its defaults against `transformers` one protein at a time, whole processes.
 
-Both models share one set of random weights (the reference's, copied into ours),
-fold the same random sequences, and are timed alternately. Reported per
-(length, chunk size): seconds per protein for each, their ratio (ours/reference,
-below 1 is faster), the largest coordinate difference between the two, and on
-CUDA the peak memory above the weights.
+The comparison of issue 8, on the CPU: one random checkpoint (ESM-2 8M-shaped
+stem, 4 trunk blocks with c_s 256 / c_z 64, 8 structure-module blocks, written
+once by `transformers` so that both sides load the same weights), 16 proteins
+of 52-300 residues. Each side runs as its own process, alternating A B A B:
 
-    # tiny model on the CPU (a few seconds)
-    python benchmarks/bench_esmfold.py --preset tiny --device cpu --lengths 32 64
+- A: `esmpipe fold --model CKPT --input set.fasta --output out.parquet`, defaults;
+- B: a `transformers` process that loads the same folder and calls
+  `EsmForProteinFolding.infer(sequence)` for one protein at a time.
 
-    # the published esmfold_v1 dimensions on a GPU, fp16 stem, with and without chunking
-    python benchmarks/bench_esmfold.py --preset esmfold_v1 --device cuda \
-        --lengths 128 256 512 --chunk-sizes none 64 --fp16-esm
+Printed: wall seconds and CPU seconds (user + system, from wait4) per run, the
+medians and their ratios (reference / esmpipe, above 1 means esmpipe is faster),
+peak resident memory of each process (ru_maxrss from wait4), and the largest
+per-protein differences of pTM and mean pLDDT (CA, 0-100; the reference's value
+recomputed from its per-atom pLDDT) between the two (the issue asks for agreement
+within 1e-3).
+
+    python benchmarks/bench_esmfold.py --workdir /tmp/bench_esmfold --pairs 2
+
+    # a quick check that everything runs (tiny model, 3 short proteins)
+    python benchmarks/bench_esmfold.py --workdir /tmp/bench_tiny --tiny --pairs 1
+
+On a machine shared with other jobs the wall ratio is noise-prone; the CPU-time
+ratio is the steadier figure there (both sides use the same torch thread count).
 
 `transformers` is needed here (it is the reference); it is never a runtime dependency.
 """
@@ -23,170 +34,199 @@ import copy
 import json
 import os
 import random
+import statistics
+import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from esmpipe.models import EsmConfig, EsmForProteinFolding  # noqa: E402
-from esmpipe.models.config import ESM2_VOCAB  # noqa: E402
+AMINO_ACIDS = "ARNDCQEGHILKMFPSTWYV"
 
 _STEM = {
     "model_type": "esm", "vocab_size": 33, "pad_token_id": 1, "mask_token_id": 32,
     "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
     "max_position_embeddings": 1026, "layer_norm_eps": 1e-5,
     "position_embedding_type": "rotary", "emb_layer_norm_before": False,
-    "token_dropout": True, "is_folding_model": True, "vocab_list": list(ESM2_VOCAB),
+    "token_dropout": True, "is_folding_model": True,
 }  # fmt: skip
 
-PRESETS = {
-    # Small enough for a shared CPU: 2-layer stem, 4 trunk blocks.
-    "tiny": {
-        **_STEM, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "intermediate_size": 256,
-        "esmfold_config": {
-            "lddt_head_hid_dim": 32,
-            "trunk": {
-                "num_blocks": 4, "sequence_state_dim": 64, "pairwise_state_dim": 32,
-                "sequence_head_width": 16, "pairwise_head_width": 16, "position_bins": 32,
-                "max_recycles": 4, "chunk_size": None,
-                "structure_module": {
-                    "sequence_dim": 64, "pairwise_dim": 32, "ipa_dim": 8, "resnet_dim": 32,
-                    "num_heads_ipa": 4, "num_qk_points": 4, "num_v_points": 4, "num_blocks": 4,
-                },
-            },
-        },
-    },
-    # facebook/esmfold_v1: ESM-2 t36 3B stem, 48-block trunk, 8 structure-module blocks.
-    "esmfold_v1": {
-        **_STEM, "hidden_size": 2560, "num_hidden_layers": 36, "num_attention_heads": 40,
-        "intermediate_size": 10240,
-        "esmfold_config": {
-            "esm_type": "esm2_3B", "lddt_head_hid_dim": 128,
-            "trunk": {
-                "num_blocks": 48, "sequence_state_dim": 1024, "pairwise_state_dim": 128,
-                "sequence_head_width": 32, "pairwise_head_width": 32, "position_bins": 32,
-                "max_recycles": 4, "chunk_size": None,
-            },
+# The issue's checkpoint: ESM-2 t6 8M stem, 4 trunk blocks c_s 256 / c_z 64, 8 SM blocks.
+ISSUE_CONFIG = {
+    **_STEM, "hidden_size": 320, "num_hidden_layers": 6, "num_attention_heads": 20,
+    "intermediate_size": 1280,
+    "esmfold_config": {
+        "fp16_esm": False, "lddt_head_hid_dim": 128,
+        "trunk": {
+            "num_blocks": 4, "sequence_state_dim": 256, "pairwise_state_dim": 64,
+            "sequence_head_width": 32, "pairwise_head_width": 32, "position_bins": 32,
+            "max_recycles": 4, "chunk_size": None,  # as facebook/esmfold_v1's config
         },
     },
 }  # fmt: skip
 
-AMINO_ACIDS = "ARNDCQEGHILKMFPSTWYV"
+TINY_CONFIG = {
+    **_STEM, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "esmfold_config": {
+        "fp16_esm": False, "lddt_head_hid_dim": 16,
+        "trunk": {
+            "num_blocks": 2, "sequence_state_dim": 64, "pairwise_state_dim": 32,
+            "sequence_head_width": 32, "pairwise_head_width": 16, "position_bins": 32,
+            "max_recycles": 2, "chunk_size": None,
+            "structure_module": {
+                "sequence_dim": 64, "pairwise_dim": 32, "ipa_dim": 8, "resnet_dim": 16,
+                "num_heads_ipa": 2, "num_qk_points": 2, "num_v_points": 2, "num_blocks": 2,
+            },
+        },
+    },
+}  # fmt: skip
 
 
-def build_models(
-    config: dict, device: torch.device
-) -> tuple[torch.nn.Module, EsmForProteinFolding]:
-    """The reference with seeded random weights, and ours sharing those weights."""
+def write_checkpoint(folder: Path, config: dict, seed: int = 0) -> None:
+    """A random `transformers` ESMFold saved in the Hugging Face layout.
+
+    Every parameter gets small noise on top of the reference's init, so that the
+    zero-initialised output layers do not make the trunk an identity.
+    """
+    import torch
     import transformers
 
-    torch.manual_seed(0)
-    with device:
-        reference = transformers.EsmForProteinFolding(transformers.EsmConfig(**config))
-    reference.eval()
-    with torch.device("meta"):
-        ours = EsmForProteinFolding(EsmConfig.from_dict(copy.deepcopy(config)))
-    # Same device and dtype: the tensors are shared, not copied.
-    ours.load_checkpoint_state_dict(reference.state_dict(), device=device, source="reference")
-    ours.eval()
-    return reference, ours
+    from esmpipe.models.config import ESM2_VOCAB
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_fold(model, ids: torch.Tensor, num_recycles: int | None, repeats: int, device):
-    """(seconds per call, peak bytes above the start on CUDA or None, output)."""
+    config = copy.deepcopy(config)
+    config["vocab_list"] = list(ESM2_VOCAB)
+    torch.manual_seed(seed)
+    model = transformers.EsmForProteinFolding(transformers.EsmConfig(**config)).eval()
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        out = model(ids, num_recycles=num_recycles)  # warm-up
-        sync(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        start_bytes = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.02)
+    model.save_pretrained(folder)
+
+
+def write_fasta(path: Path, lengths: list[int], seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    sequences = ["".join(rng.choice(AMINO_ACIDS) for _ in range(n)) for n in lengths]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f">p{i}\n{s}\n" for i, s in enumerate(sequences)))
+    os.replace(tmp, path)
+    return sequences
+
+
+def run_process(command: list[str], log: Path) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS in MiB, CPU seconds) of one whole process; raises if it
+    fails."""
+    with open(log, "w") as handle:
         start = time.perf_counter()
-        for _ in range(repeats):
-            out = model(ids, num_recycles=num_recycles)
-        sync(device)
-        elapsed = (time.perf_counter() - start) / repeats
-    peak = torch.cuda.max_memory_allocated(device) - start_bytes if device.type == "cuda" else None
-    return elapsed, peak, out
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}); see {log}")
+    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+
+
+def reference_worker(model_dir: Path, fasta: Path, out: Path) -> int:
+    """B: transformers `infer`, one protein at a time; per-protein pTM and CA mean pLDDT."""
+    import torch
+    import transformers
+
+    sequences = [line.strip() for line in fasta.read_text().splitlines() if line[:1] != ">"]
+    model = transformers.EsmForProteinFolding.from_pretrained(model_dir).eval()
+    rows = []
+    with torch.no_grad():
+        for seq in sequences:
+            output = model.infer(seq)
+            ca = output["plddt"][0, : len(seq), 1].float() * 100  # atom37 slot 1 is CA
+            rows.append({"sequence": seq, "ptm": float(output["ptm"]),
+                         "mean_plddt": float(ca.mean())})  # fmt: skip
+    out.write_text(json.dumps(rows))
+    return 0
+
+
+def compare(reference_json: Path, ours_parquet: Path) -> tuple[float, float, int]:
+    """(max |d pTM|, max |d mean pLDDT|, proteins compared)."""
+    import pyarrow.parquet as pq
+
+    from esmpipe.io.sequences import seq_hash
+
+    reference = {seq_hash(r["sequence"]): r for r in json.loads(reference_json.read_text())}
+    table = pq.read_table(ours_parquet).to_pylist()
+    d_ptm = d_plddt = 0.0
+    for row in table:
+        ref = reference[row["seq_hash"]]
+        d_ptm = max(d_ptm, abs(row["ptm"] - ref["ptm"]))
+        d_plddt = max(d_plddt, abs(row["mean_plddt"] - ref["mean_plddt"]))
+    if len(table) != len(reference):
+        raise RuntimeError(f"esmpipe wrote {len(table)} rows for {len(reference)} proteins")
+    return d_ptm, d_plddt, len(table)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[32, 64])
-    parser.add_argument("--chunk-sizes", nargs="+", default=["none"],
-                        help="trunk chunk sizes to try; 'none' for unchunked")  # fmt: skip
-    parser.add_argument("--batch", type=int, default=1, help="proteins per forward")
-    parser.add_argument("--num-recycles", type=int, default=None,
-                        help="default: the config's max_recycles passes")  # fmt: skip
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--fp16-esm", action="store_true", help="run the stem in fp16")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    sub = parser.add_subparsers(dest="mode")
+    worker = sub.add_parser("reference-worker")
+    worker.add_argument("model", type=Path)
+    worker.add_argument("fasta", type=Path)
+    worker.add_argument("out", type=Path)
+    parser.add_argument("--workdir", type=Path, default=Path("bench_esmfold"))
+    parser.add_argument("--pairs", type=int, default=1, help="A B rounds (medians reported)")
+    parser.add_argument("--tiny", action="store_true", help="tiny model, 3 short proteins")
+    parser.add_argument("--order", choices=("AB", "BA"), default="AB")
     args = parser.parse_args(argv)
+    if args.mode == "reference-worker":
+        return reference_worker(args.model, args.fasta, args.out)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    config = copy.deepcopy(PRESETS[args.preset])
-    config["esmfold_config"]["fp16_esm"] = args.fp16_esm
-    reference, ours = build_models(config, device)
-    chunk_sizes = [None if c.lower() == "none" else int(c) for c in args.chunk_sizes]
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    config, lengths = (TINY_CONFIG, [12, 20, 30]) if args.tiny else (ISSUE_CONFIG, None)
+    if lengths is None:
+        rng = random.Random(8)
+        lengths = [52, 300] + [rng.randint(52, 300) for _ in range(14)]
+    model_dir = work / ("tiny" if args.tiny else "issue8") / "model"
+    if not (model_dir / "config.json").exists():
+        write_checkpoint(model_dir, config)
+    fasta = model_dir.parent / "set.fasta"
+    write_fasta(fasta, lengths)
 
-    rng = random.Random(0)
-    rows = []
-    header = (f"{'L':>5} {'chunk':>6} {'ours s/prot':>12} {'ref s/prot':>11} {'ratio':>6} "
-              f"{'max|dpos|':>10} {'ours MiB':>9} {'ref MiB':>8}")  # fmt: skip
-    print(f"# preset={args.preset} device={device} batch={args.batch} "
-          f"fp16_esm={args.fp16_esm} num_recycles={args.num_recycles} repeats={args.repeats} "
-          f"torch={torch.__version__} threads={torch.get_num_threads()}")  # fmt: skip
-    print(header)
-    for length in args.lengths:
-        ids = torch.tensor(
-            [[AMINO_ACIDS.index(rng.choice(AMINO_ACIDS)) for _ in range(length)]
-             for _ in range(args.batch)],
-            device=device,
-        )  # fmt: skip
-        for chunk in chunk_sizes:
-            reference.trunk.set_chunk_size(chunk)
-            ours.set_chunk_size(chunk)
-            run = (ids, args.num_recycles, args.repeats, device)
-            t_ref, m_ref, out_ref = time_fold(reference, *run)
-            t_ours, m_ours, out = time_fold(ours, *run)
-            diff = (out.positions.float() - out_ref["positions"].float()).abs().max().item()
-            row = {
-                "length": length, "chunk_size": chunk, "batch": args.batch,
-                "ours_s_per_protein": t_ours / args.batch,
-                "reference_s_per_protein": t_ref / args.batch,
-                "ratio": t_ours / t_ref, "max_abs_position_diff": diff,
-                "ours_peak_mib": None if m_ours is None else m_ours / 2**20,
-                "reference_peak_mib": None if m_ref is None else m_ref / 2**20,
-            }  # fmt: skip
-            rows.append(row)
-            mib = ("-" if m_ours is None else f"{m_ours / 2**20:.0f}",
-                   "-" if m_ref is None else f"{m_ref / 2**20:.0f}")  # fmt: skip
-            print(f"{length:>5} {str(chunk):>6} {row['ours_s_per_protein']:>12.4f} "
-                  f"{row['reference_s_per_protein']:>11.4f} {row['ratio']:>6.2f} "
-                  f"{diff:>10.2e} {mib[0]:>9} {mib[1]:>8}", flush=True)  # fmt: skip
-            del out, out_ref
+    esmpipe = str(Path(sys.executable).with_name("esmpipe"))
+    runs: dict[str, list[tuple[float, float, float]]] = {"A": [], "B": []}
+    outputs = {"A": model_dir.parent / "esmpipe.parquet", "B": model_dir.parent / "reference.json"}
+    commands = {
+        "A": [esmpipe, "fold", "--model", str(model_dir), "--input", str(fasta),
+              "--output", str(outputs["A"])],
+        "B": [sys.executable, __file__, "reference-worker", str(model_dir), str(fasta),
+              str(outputs["B"])],
+    }  # fmt: skip
+    import torch
 
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=args.json.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows},
-                      handle, indent=2)  # fmt: skip
-        os.replace(tmp, args.json)
+    print(f"# {len(lengths)} proteins of {min(lengths)}-{max(lengths)} residues, "
+          f"{'tiny' if args.tiny else 'issue 8'} checkpoint {model_dir}; "
+          f"torch {torch.__version__}, "
+          f"{os.cpu_count()} CPUs; A = esmpipe fold (defaults), B = transformers infer "
+          "one protein at a time", flush=True)  # fmt: skip
+    for round_ in range(args.pairs):
+        for side in args.order:
+            if side == "A":
+                outputs["A"].unlink(missing_ok=True)
+            log = model_dir.parent / f"{side}{round_}.log"
+            wall, rss, cpu = run_process(commands[side], log)
+            runs[side].append((wall, rss, cpu))
+            print(f"round {round_} {side}: {wall:8.1f} s wall, {cpu:8.1f} s CPU, peak RSS "
+                  f"{rss:7.0f} MiB, load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    d_ptm, d_plddt, n = compare(outputs["B"], outputs["A"])
+    median = {k: statistics.median(r[0] for r in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(r[2] for r in v) for k, v in runs.items()}
+    peak = {k: max(r[1] for r in v) for k, v in runs.items()}
+    print(f"median wall: esmpipe {median['A']:.1f} s, transformers {median['B']:.1f} s; "
+          f"ratio (transformers / esmpipe) {median['B'] / median['A']:.2f}x")
+    print(f"median CPU: esmpipe {cpu['A']:.1f} s, transformers {cpu['B']:.1f} s; "
+          f"ratio (transformers / esmpipe) {cpu['B'] / cpu['A']:.2f}x")
+    print(f"peak RSS: esmpipe {peak['A']:.0f} MiB, transformers {peak['B']:.0f} MiB")
+    ok = d_ptm <= 1e-3 and d_plddt <= 1e-3
+    print(f"agreement over {n} proteins: max |d pTM| {d_ptm:.2e}, max |d mean pLDDT| "
+          f"{d_plddt:.2e} ({'within' if ok else 'NOT within'} 1e-3)")  # fmt: skip
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Input: FASTA (plain or gzip) or a shard Parquet with `seq_hash`, `sequence`.
 Output: one row per distinct valid sequence (`seq_hash`, `length`, `status`,
-`mean_plddt`, `ptm`, `plddt`, `max_pae`, `mean_pae`, `pdb`); the Parquet
+`mean_plddt`, `ptm`, `plddt`, `max_pae`, `mean_pae`, `pdb`, `flags`, `recycles`;
+status `non_finite` leaves the structure columns null); the Parquet
 metadata records the model, revision, dtype, device, recycles, chunk size,
 versions and settings. Rows are in the order computed (join on `seq_hash`);
 a job killed part way resumes from its last finished batch, as `esmpipe embed`.
@@ -45,9 +46,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-recycles", type=int, default=None,
                         help="trunk recycles (default: the checkpoint's max_recycles)")  # fmt: skip
     parser.add_argument("--chunk-size", type=_positive, default=None,
-                        help="trunk pair-update chunk (less memory, slower; default: the "
-                             "checkpoint's)")  # fmt: skip
+                        help="trunk pair-update chunk (less memory, slower); default: "
+                             "automatic per batch, unchunked when the pair state fits in "
+                             "80%% of free memory (esmpipe.engine.fold)")  # fmt: skip
+    parser.add_argument("--early-stop-tolerance", type=_non_negative_float, default=None,
+                        metavar="ANGSTROM",
+                        help="stop recycling once the C-alpha structure changes by less "
+                             "than this between recycles (RMS change of CA-CA distances, "
+                             "as ColabFold); default off: every recycle, as the reference; "
+                             "the recycles run go to the recycles column")  # fmt: skip
     parser.set_defaults(func=run)
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,16 +85,20 @@ def run(args: argparse.Namespace) -> int:
     except (InputError, FastaError, ValueError) as err:
         raise UserError(str(err)) from None
     try:
+        # The stem is built in its own dtype and loaded straight into it (a 3B stem
+        # never passes through a full fp32 copy on the GPU); `dtype=None` keeps the
+        # trunk as built (fp32) when only the stem is reduced.
         model = EsmForProteinFolding.from_pretrained(
-            args.model, revision=args.revision, dtype=dtype, device=device
-        )
+            args.model, revision=args.revision, device=device,
+            dtype=dtype if dtype == stem_dtype else None, stem_dtype=stem_dtype,
+        )  # fmt: skip
     except (OSError, ValueError) as err:
         raise UserError(f"--model {args.model}: cannot load the checkpoint: {err}") from None
-    model.esm.to(stem_dtype)
     model.eval()
     precision = _precision_split(model)
     engine = FoldingEngine(model, max_tokens=args.max_tokens, max_length=args.max_length,
-                    num_recycles=args.num_recycles, chunk_size=args.chunk_size)  # fmt: skip
+                    num_recycles=args.num_recycles, chunk_size=args.chunk_size,
+                    early_stop_tolerance=args.early_stop_tolerance)  # fmt: skip
     log.info("fold: %d distinct sequences from %s on %s (%s)", len(inputs.sequences),
              args.input, describe_device(device), precision)  # fmt: skip
 
@@ -87,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {
         "num_recycles": args.num_recycles if args.num_recycles is not None else trunk.max_recycles,
         "max_length": args.max_length,
+        "early_stop_tolerance": args.early_stop_tolerance,
     }
 
     def rows(hashes: list[str], sequences: list[str], results: list) -> pa.Table:
@@ -101,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
                 "max_pae": [r.max_pae for r in results],
                 "mean_pae": [r.mean_pae for r in results],
                 "pdb": [r.pdb for r in results],
+                "flags": [r.flags for r in results],
+                "recycles": [r.recycles for r in results],
             },
             schema=STRUCTURES_SCHEMA,
         )
@@ -117,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=precision,
         device=device,
         output_version=OUTPUT_VERSION,
-        chunk_size=args.chunk_size if args.chunk_size is not None else trunk.chunk_size,
+        chunk_size=args.chunk_size if args.chunk_size is not None else "auto",
         **settings,
     )
     rows_written = partial.finish(metadata)

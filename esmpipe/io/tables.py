@@ -120,6 +120,9 @@ STRUCTURES_SCHEMA = pa.schema(
         # large_string: PDB text runs to ~80 bytes per atom, and a column of a few
         # thousand structures would overflow the 2 GiB offsets of a plain string.
         pa.field("pdb", pa.large_string()),
+        # e.g. ["suspect_ptm"]; empty when none (esmpipe.engine.fold)
+        pa.field("flags", pa.list_(pa.string()), nullable=False),
+        pa.field("recycles", pa.int16()),  # recycles actually run; null if not run
     ]
 )
 

@@ -45,6 +45,23 @@ class Attention(nn.Module):
         # [*, N, H * C] -> [*, H, N, C]
         return x.unflatten(-1, (self.num_heads, self.c_hidden)).transpose(-2, -3)
 
+    def _fused_projection(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """q, k, v [*, H, N, C] (strided views) and the gate logits [*, N, H, C] (or None)."""
+        layers = [self.linear_q, self.linear_k, self.linear_v]
+        if self.linear_g is not None:
+            layers.append(self.linear_g)
+        weight = torch.cat([layer.weight for layer in layers])
+        bias = None
+        if self.linear_g is not None:
+            inner = self.num_heads * self.c_hidden
+            bias = torch.cat([self.linear_g.bias.new_zeros(3 * inner), self.linear_g.bias])
+        # [*, N, 3 or 4, H, C]
+        p = F.linear(x, weight, bias).unflatten(-1, (len(layers), self.num_heads, self.c_hidden))
+        q, k, v = (p.select(-3, i).transpose(-2, -3) for i in range(3))
+        return q, k, v, p.select(-3, 3) if self.linear_g is not None else None
+
     def forward(
         self, q_x: torch.Tensor, kv_x: torch.Tensor, biases: Sequence[torch.Tensor] = ()
     ) -> torch.Tensor:
@@ -53,9 +70,14 @@ class Attention(nn.Module):
         `biases` broadcast to [*, H, Q, K] and are summed into the logits.
         Returns [*, Q, C_q].
         """
-        q = self._heads(self.linear_q(q_x))
-        k = self._heads(self.linear_k(kv_x))
-        v = self._heads(self.linear_v(kv_x))
+        gate = None
+        if q_x is kv_x:
+            # Self-attention (triangle attention): q, k, v and the gate in one matmul.
+            q, k, v, gate = self._fused_projection(q_x)
+        else:
+            q = self._heads(self.linear_q(q_x))
+            k = self._heads(self.linear_k(kv_x))
+            v = self._heads(self.linear_v(kv_x))
         bias = None
         for b in biases:
             bias = b if bias is None else bias + b
@@ -77,8 +99,9 @@ class Attention(nn.Module):
         # [*, Q, H, C]
         o = o.transpose(-2, -3)
         if self.linear_g is not None:
-            g = torch.sigmoid(self.linear_g(q_x))
-            o = o * g.unflatten(-1, (self.num_heads, self.c_hidden))
+            if gate is None:
+                gate = self.linear_g(q_x).unflatten(-1, (self.num_heads, self.c_hidden))
+            o = o * torch.sigmoid(gate)
         # [*, Q, H * C]
         return self.linear_o(o.flatten(-2))
 

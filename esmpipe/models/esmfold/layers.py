@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from esmpipe.models.esmfold.chunking import map_row_chunks
@@ -44,14 +45,19 @@ class SequenceToPair(nn.Module):
         """[B, L, C_s] -> [B, L, L, C_z]; `chunk_size` bounds the [B, rows, L, 2 * inner] temp."""
         assert s.dim() == 3, f"expected [B, L, C_s], got {tuple(s.shape)}"
         q, k = self.proj(self.layernorm(s)).chunk(2, dim=-1)
+        # o_proj is linear, so its difference half splits into per-residue terms:
+        # W_d (q_j - k_i) = W_d q_j - W_d k_i, [B, L, C_z] each, instead of an
+        # [B, L, L, inner] difference and a concatenated [B, L, L, 2 * inner] input.
+        w_prod, w_diff = self.o_proj.weight.split(q.shape[-1], dim=1)
+        q_diff = F.linear(q, w_diff, self.o_proj.bias)
+        k_diff = F.linear(k, w_diff)
 
-        def rows(k_rows: torch.Tensor, q_all: torch.Tensor) -> torch.Tensor:
-            # [B, rows, L, inner]: pair (i, j) combines k_i with q_j.
-            prod = q_all[:, None, :, :] * k_rows[:, :, None, :]
-            diff = q_all[:, None, :, :] - k_rows[:, :, None, :]
-            return self.o_proj(torch.cat([prod, diff], dim=-1))
+        def rows(k_rows: torch.Tensor, kd_rows: torch.Tensor, q_all: torch.Tensor) -> torch.Tensor:
+            # [B, rows, L, C_z]: pair (i, j) combines k_i with q_j.
+            z = F.linear(q_all[:, None, :, :] * k_rows[:, :, None, :], w_prod)
+            return z + q_diff[:, None, :, :] - kd_rows[:, :, None, :]
 
-        return map_row_chunks(rows, [k], chunk_size, 1, q)
+        return map_row_chunks(rows, [k, k_diff], chunk_size, 1, q)
 
 
 class PairToSequence(nn.Module):

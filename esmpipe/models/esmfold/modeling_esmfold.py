@@ -15,7 +15,10 @@ parameter it fills, so the published checkpoint's fp16 stem tensors stay fp16
 under `fp16_esm = true` and are upcast to fp32 under `fp16_esm = false`. An
 explicit `dtype` casts the whole model, stem included. To run an fp32-built
 stem in fp16 afterwards (half the stem's memory), call `model.esm.half()`:
-`forward` casts the stem's features to the trunk's dtype.
+`forward` casts the stem's features to the trunk's dtype. `stem_dtype` (a
+constructor keyword, so also `from_pretrained(..., stem_dtype=torch.float16)`)
+builds the stem in that dtype before loading, so its weights are loaded straight
+into it. The pTM/PAE head and the pLDDT expectations always run in fp32.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from esmpipe.models.config import EsmConfig
@@ -71,6 +75,8 @@ class EsmForProteinFoldingOutput(ModelOutput):
         mean_plddt [B]: mean of `plddt` over the atoms of `atom37_atom_exists`, 0-1
         scale (the reference's `infer` definition, on its 0-1 pLDDT scale).
         chain_index [B, L]: chain of each position, -1 on padding (only from `infer`).
+        recycles []: long scalar, the recycles actually run (passes - 1; fewer than
+        asked only under the trunk's opt-in early stop).
     """
 
     frames: torch.Tensor | None = None
@@ -98,6 +104,7 @@ class EsmForProteinFoldingOutput(ModelOutput):
     max_predicted_aligned_error: torch.Tensor | None = None
     mean_plddt: torch.Tensor | None = None
     chain_index: torch.Tensor | None = None
+    recycles: torch.Tensor | None = None
     mlm_targets: torch.Tensor | None = None
 
 
@@ -131,7 +138,7 @@ class EsmForProteinFolding(EsmPreTrainedModel):
     # this non-persistent buffer; it is recomputed, not loaded.
     _keys_to_ignore_on_load_unexpected = [r"^esm\.embeddings\.position_ids$"]
 
-    def __init__(self, config: EsmConfig):
+    def __init__(self, config: EsmConfig, stem_dtype: torch.dtype | None = None):
         super().__init__(config)
         if not config.is_folding_model or config.esmfold_config is None:
             raise ValueError("EsmForProteinFolding needs a config with is_folding_model = true")
@@ -155,6 +162,11 @@ class EsmForProteinFolding(EsmPreTrainedModel):
         self.esm.requires_grad_(False)
         if cfg.fp16_esm:
             self.esm.half()
+        if stem_dtype is not None:
+            # Built (on the meta device under `from_pretrained`) in the stem's own
+            # precision, so that loading writes fp16 weights straight into fp16
+            # parameters: no full fp32 copy of a 3B stem on the GPU on the way.
+            self.esm.to(stem_dtype)
         self.esm_feats = config.hidden_size
         self.esm_layers = config.num_hidden_layers
         self.register_buffer("af2_to_esm", af2_to_esm_table(vocab))
@@ -214,6 +226,13 @@ class EsmForProteinFolding(EsmPreTrainedModel):
         Chunking bounds activation memory to O(L^2) for long chains at some speed cost.
         """
         self.trunk.set_chunk_size(chunk_size)
+
+    def set_early_stop_tolerance(self, tolerance: float | None) -> None:
+        """Opt-in early stop of recycling (Angstrom; None: every pass, as the reference).
+
+        See `esmpipe.models.esmfold.trunk` for the convergence measure.
+        """
+        self.trunk.set_early_stop_tolerance(tolerance)
 
     # -- the stem -----------------------------------------------------------------
 
@@ -309,7 +328,7 @@ class EsmForProteinFolding(EsmPreTrainedModel):
         out = {
             k: structure[k]
             for k in ("frames", "sidechain_frames", "unnormalized_angles", "angles",
-                      "positions", "states", "s_s", "s_z")  # fmt: skip
+                      "positions", "states", "s_s", "s_z", "recycles")  # fmt: skip
         }
         out["mlm_targets"] = mlm_targets
         out["distogram_logits"] = symmetric_distogram(self.distogram_head, out["s_z"])
@@ -325,12 +344,15 @@ class EsmForProteinFolding(EsmPreTrainedModel):
         out["residue_index"] = position_ids
 
         # [N_sm, B, L, 37, bins]
-        lddt_logits = self.lddt_head(out["states"])
+        # Confidence in fp32 whatever the trunk's precision: softmax expectations over
+        # 50 or 64 bins and sums over L pairs (pTM) lose digits in fp16/bf16.
+        lddt_logits = self.lddt_head(out["states"]).float()
         out["lddt_head"] = lddt_logits
         out["plddt"] = plddt_from_logits(lddt_logits[-1]) * residue_mask.to(lddt_logits.dtype)
         out["mean_plddt"] = mean_plddt(out["plddt"], out["atom37_atom_exists"])
 
-        ptm_logits = self.ptm_head(out["s_z"])
+        ptm_logits = F.linear(out["s_z"].float(), self.ptm_head.weight.float(),
+                              self.ptm_head.bias.float())  # fmt: skip
         out["ptm_logits"] = ptm_logits
         out["ptm"] = predicted_tm(ptm_logits, attention_mask)
         out.update(predicted_aligned_error(ptm_logits, attention_mask))

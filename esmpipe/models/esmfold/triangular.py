@@ -23,7 +23,7 @@ MAX_LOGITS = 2**31 - 1
 
 
 def safe_chunk_size(z: torch.Tensor, chunk_size: int | None, num_heads: int) -> int | None:
-    """`chunk_size`, or fewer rows where the [B, rows, H, L, L] logits would pass 2^31 elements.
+    """`chunk_size`, or fewer rows where the [rows, H, L, L] logits would pass 2^31 elements.
 
     NOTE: the reference runs unchunked triangle attention whatever the length;
     with esmfold_v1's 4 pair heads the logits pass 2^31 elements beyond about
@@ -31,8 +31,10 @@ def safe_chunk_size(z: torch.Tensor, chunk_size: int | None, num_heads: int) -> 
     return garbage. Rows are then chunked here even when no chunk size was
     asked for (the result is the same, up to rounding).
     """
-    b, n = z.shape[0], z.shape[1]
-    per_row = max(1, b * num_heads * n * n)
+    # Rows of one protein at a time (see `TriangleAttention.forward`): the batch
+    # does not multiply the logits of one call.
+    n = z.shape[1]
+    per_row = max(1, num_heads * n * n)
     limit = max(1, MAX_LOGITS // per_row)
     if chunk_size is None:
         return limit if limit < n else None

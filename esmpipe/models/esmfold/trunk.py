@@ -4,6 +4,17 @@ One trunk iteration adds a relative-position embedding to the pair state, runs
 `num_blocks` triangular self-attention blocks, and folds the result with the
 structure module. Recycling feeds the last iteration's sequence and pair states
 (layer-normed) and a distogram of its predicted C-beta atoms back into the next.
+
+Early stop of recycling (opt-in, `set_early_stop_tolerance`; off by default, so
+results equal the reference's): after each recycle the trunk compares the new
+C-alpha positions with the previous pass's and stops once they moved by less
+than the tolerance, as ColabFold's `recycle_early_stop_tolerance`. The change is
+measured on the C-alpha distance matrix (rotation- and translation-free, since
+the structure module's frame is arbitrary between passes): the root mean square
+over real residue pairs of the change in CA-CA distance, in Angstrom. In a batch
+every protein must have converged (recycling is batch-wide); the passes run are
+returned as `recycles` (recycles, i.e. passes - 1). Early stop is an inference
+setting: the pass it stops at ran without gradients.
 """
 
 from __future__ import annotations
@@ -71,6 +82,17 @@ def cbeta_distogram_bins(
     return (d2 > edges).sum(dim=-1)
 
 
+def ca_change(ca: torch.Tensor, previous: torch.Tensor, mask: torch.Tensor) -> float:
+    """Largest over the batch of the RMS change (Angstrom) of the CA-CA distance matrix.
+
+    Inputs: ca, previous [B, L, 3]; mask [B, L] (1 for residues). Padded pairs are left out.
+    """
+    pair = (mask[:, :, None] * mask[:, None, :]).to(ca.dtype)  # [B, L, L]
+    delta = torch.cdist(ca, ca) - torch.cdist(previous, previous)
+    per_protein = ((delta**2 * pair).sum((1, 2)) / pair.sum((1, 2)).clamp(min=1)).sqrt()
+    return float(per_protein.max())
+
+
 class FoldingTrunk(nn.Module):
     """Triangular self-attention blocks with recycling, then the structure module.
 
@@ -102,6 +124,14 @@ class FoldingTrunk(nn.Module):
         self.trunk2sm_s = nn.Linear(c_s, sm.sequence_dim)
         self.trunk2sm_z = nn.Linear(c_z, sm.pairwise_dim)
         self.chunk_size = config.chunk_size
+        self.early_stop_tolerance: float | None = None
+
+    def set_early_stop_tolerance(self, tolerance: float | None) -> None:
+        """Stop recycling once CA positions change by less than `tolerance` Angstrom
+        between passes (see the module docstring); None (the default) runs every pass."""
+        if tolerance is not None and not tolerance >= 0:
+            raise ValueError(f"early stop tolerance must be >= 0 or None, got {tolerance}")
+        self.early_stop_tolerance = tolerance
 
     def set_chunk_size(self, chunk_size: int | None) -> None:
         """Rows of the pair state processed at once by the pair updates (None: all rows)."""
@@ -150,7 +180,8 @@ class FoldingTrunk(nn.Module):
             num_recycles: see `num_iterations`.
         Output:
             the structure module's dict (frames, positions, ... stacked over its
-            blocks as [num_blocks, B, L, ...]) plus s_s [B, L, C_s] and s_z [B, L, L, C_z].
+            blocks as [num_blocks, B, L, ...]) plus s_s [B, L, C_s], s_z [B, L, L, C_z]
+            and recycles (a long scalar): the passes run minus one.
         """
         iterations = self.num_iterations(num_recycles)
         s_0, z_0 = seq_feats, pair_feats
@@ -160,6 +191,9 @@ class FoldingTrunk(nn.Module):
 
         structure: dict[str, torch.Tensor] = {}
         s_s, s_z = s_0, z_0
+        tolerance = self.early_stop_tolerance
+        previous_ca: torch.Tensor | None = None
+        recycles = iterations - 1
         for i in range(iterations):
             # Only the last pass carries gradients, as in AlphaFold2's recycling.
             last = i == iterations - 1
@@ -177,7 +211,14 @@ class FoldingTrunk(nn.Module):
                 recycle_s, recycle_z = s_s, s_z
                 # [B, L, 3, 3]: N, CA, C of the last structure-module block.
                 recycle_bins = cbeta_distogram_bins(structure["positions"][-1][:, :, :3])
+            if tolerance is not None and not last:
+                ca = structure["positions"][-1][:, :, 1].float()  # [B, L, 3]
+                if previous_ca is not None and ca_change(ca, previous_ca, mask) < tolerance:
+                    recycles = i
+                    break
+                previous_ca = ca
 
         structure["s_s"] = s_s
+        structure["recycles"] = torch.tensor(recycles)
         structure["s_z"] = s_z
         return structure
