@@ -333,8 +333,10 @@ def _deal_out(con, out: Path, key: str, shard_size: float, exponent: float,
     # 3. The shard files, members sorted by length then hash, their text read from
     # the first file holding each. A file may hold a sequence twice: such rows
     # arrive one after the other, and all but the first are dropped.
-    stats: dict[int, list[int]] = {}
-    writer, current, previous = None, -1, None
+    sequences = np.zeros(len(ids), dtype=np.int64)
+    residues = np.zeros(len(ids), dtype=np.int64)
+    schema = schema_with_metadata(SHARD_SCHEMA, {"stage": stage})
+    writer, handle, current, previous = None, None, -1, None
     try:
         for batch in duck.batches(
             con, "SELECT a.shard, i.seq_hash, i.sequence, i.length "
@@ -350,26 +352,29 @@ def _deal_out(con, out: Path, key: str, shard_size: float, exponent: float,
             if repeat.any():
                 batch = batch.filter(pa.array(~repeat))
             shards = batch.column("shard").to_numpy()
+            lengths = batch.column("length").to_numpy()
+            rows = pa.Table.from_batches([batch]).select(
+                ["seq_hash", "sequence", "length"]).cast(schema)
             runs = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1], True])
-            for a, b in zip(runs[:-1].tolist(), runs[1:].tolist(), strict=True):
+            starts = runs[:-1]
+            np.add.at(sequences, shards[starts], np.diff(runs))
+            np.add.at(residues, shards[starts], np.add.reduceat(lengths.astype(np.int64),
+                                                                 starts))
+            for a, b in zip(starts.tolist(), runs[1:].tolist(), strict=True):
                 shard = int(shards[a])
                 if shard != current:
                     if writer is not None:
                         writer.close()
+                        handle.close()
                     current = shard
-                    path = out / "shards" / f"{ids[shard]}.parquet"
-                    writer = pq.ParquetWriter(
-                        path, schema_with_metadata(SHARD_SCHEMA, {"stage": stage}),
-                        **duck.WRITE_OPTIONS)
-                rows = batch.slice(a, b - a)
-                writer.write_table(pa.Table.from_batches([rows]).select(
-                    ["seq_hash", "sequence", "length"]).cast(SHARD_SCHEMA))
-                entry = stats.setdefault(shard, [0, 0])
-                entry[0] += rows.num_rows
-                entry[1] += int(pc.sum(rows.column("length")).as_py())
+                    handle = open(out / "shards" / f"{ids[shard]}.parquet", "wb")
+                    writer = pq.ParquetWriter(handle, schema, **duck.WRITE_OPTIONS)
+                writer.write_table(rows.slice(a, b - a))
     finally:
         if writer is not None:
             writer.close()
+            handle.close()
+    stats = {i: (int(sequences[i]), int(residues[i])) for i in range(len(ids))}
     shards = [
         {"shard_id": ids[i], "sequences": stats[i][0], "residues": stats[i][1],
          "cost": round(float(balancer.loads[i]), 3)}
