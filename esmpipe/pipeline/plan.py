@@ -243,7 +243,7 @@ def plan_stage(
         # times more); `first_file` says where to fetch it for the shards.
         con.execute(
             "CREATE TABLE seqs AS SELECT seq_hash, any_value(length)::INTEGER AS length, "
-            f"min(filename) AS first_file FROM {ingest_scan(paths, filename=True)} "
+            f"min(file_index)::INTEGER AS first_file FROM {ingest_scan(paths)} "
             "WHERE status = 'ok' AND seq_hash IS NOT NULL GROUP BY seq_hash"
         )
         _load_cache(con, parts)
@@ -340,10 +340,10 @@ def _deal_out(con, out: Path, key: str, shard_size: float, exponent: float,
     try:
         for batch in duck.batches(
             con, "SELECT a.shard, i.seq_hash, i.sequence, i.length "
-                 f"FROM {ingest_scan(ingest, filename=True)} i "
+                 f"FROM {ingest_scan(ingest)} i "
                  "JOIN (SELECT a.shard, a.seq_hash, s.first_file FROM assign a "
                  "JOIN seqs s USING (seq_hash)) a "
-                 "ON i.seq_hash = a.seq_hash AND i.filename = a.first_file "
+                 "ON i.seq_hash = a.seq_hash AND i.file_index = a.first_file "
                  "ORDER BY a.shard, i.length, i.seq_hash"):
             hashes = batch.column("seq_hash")
             repeat = np.r_[hashes[0].as_py() == previous,
