@@ -40,7 +40,12 @@ from esmpipe.io import tables
 from esmpipe.io.tables import atomic_dir, atomic_path, read_metadata, schema_with_metadata
 from esmpipe.pipeline import duck
 from esmpipe.pipeline.config import STAGES
-from esmpipe.pipeline.plan import STAGE_STATUS_SCHEMA, ingest_scan, read_manifest
+from esmpipe.pipeline.plan import (
+    STAGE_STATUS_SCHEMA,
+    ingest_scan,
+    part_mismatch,
+    read_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +124,7 @@ def gather_stage(
     fingerprint = hashlib.sha256(schema.to_string(show_schema_metadata=False).encode())
     base_key = {"layout": LAYOUT_VERSION, "settings_key": manifest["settings_key"],
                 "schema": fingerprint.hexdigest()[:16]}
+    expect = manifest["settings"].get("expect") or {}
     previous = _reusable_files(Path(output_dir))
     counts: dict[str, int] = {}
     output_dir = Path(output_dir)
@@ -150,6 +156,19 @@ def gather_stage(
         for part_name, assigned in _assigned_by_part(con, cohort):
             path = cache / part_name
             if not path.is_file():
+                not_computed(assigned, part_name)
+                continue
+            mismatch = part_mismatch(part_metadata[path], expect)
+            if mismatch:
+                # Computed under another key than the plan's (another precision ran, or
+                # the part changed since planning): never a result of this run.
+                if not allow_missing:
+                    raise GatherError(
+                        f"{stage}: cache part {path} does not match the run's key "
+                        f"({mismatch}); delete it and re-run, or gather what matches "
+                        "with --allow-missing"
+                    )
+                log.warning("%s: cache part %s not used: %s", stage, path, mismatch)
                 not_computed(assigned, part_name)
                 continue
             stat = path.stat()

@@ -125,8 +125,20 @@ def ingest_scan(paths: Sequence[str | os.PathLike], *, filename: bool = False) -
 
 
 def part_accepts(metadata: dict, expect: dict) -> bool:
-    """Whether a cache part's metadata matches every `expect` key (a hit only then)."""
-    return all(metadata.get(key) == value for key, value in expect.items())
+    """Whether a cache part's metadata matches every `expect` key (a hit only then).
+
+    A key the part does not record, or records as null (an identity the job could
+    not tell), never matches: such a part is never reused under an `expect`.
+    """
+    return part_mismatch(metadata, expect) is None
+
+
+def part_mismatch(metadata: dict, expect: dict) -> str | None:
+    """The first `expect` key a part's metadata does not match, as text (None: all match)."""
+    for key, value in expect.items():
+        if metadata.get(key) is None or metadata[key] != value:
+            return f"{key} {metadata.get(key)!r}, expected {value!r}"
+    return None
 
 
 def cache_parts(
@@ -152,8 +164,9 @@ def cache_parts(
                 f"cache part {part} cannot be read ({err}); delete it and re-run, "
                 "its sequences will be computed again"
             ) from err
-        if not part_accepts(metadata, expect or {}):
-            log.info("cache part %s does not match %s: not used", part.name, expect)
+        mismatch = part_mismatch(metadata, expect or {})
+        if mismatch:
+            log.info("cache part %s not reused: %s", part.name, mismatch)
             continue
         limit = metadata.get("max_length")
         statuses = FINAL_STATUSES
