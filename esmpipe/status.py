@@ -8,7 +8,12 @@ A record's journey and where each status is given:
 
 - ingest (`esmpipe.io.sequences.normalise_sequence`): `ok`, or why the record
   is not a protein to compute (`empty`, `invalid_characters`, `gapped`,
-  `internal_stop`);
+  `internal_stop`); a protein-sample record that is DNA/RNA gets
+  `nucleotide_sequence` (`esmpipe.io.sequences.looks_like_nucleotide`);
+- ingest of a contigs sample, one row per input record in the contigs table
+  (`esmpipe.io.sequences.classify_contig`): `ok` (at least one gene called),
+  `no_genes`, `protein_in_contigs` (the record is a protein), `empty`,
+  `invalid_characters`, `gapped`;
 - an engine (`esmpipe embed`, `esmpipe fold`), per distinct sequence: `ok`,
   `too_long` (over the length limit), `out_of_memory` (did not fit even alone
   with every memory fallback), `non_finite` (the model produced NaN or inf);
@@ -27,7 +32,13 @@ EMPTY = "empty"
 INVALID_CHARACTERS = "invalid_characters"
 GAPPED = "gapped"
 INTERNAL_STOP = "internal_stop"
-INGEST_STATUSES = (OK, EMPTY, INVALID_CHARACTERS, GAPPED, INTERNAL_STOP)
+NUCLEOTIDE_SEQUENCE = "nucleotide_sequence"  # a protein-sample record that is DNA/RNA
+INGEST_STATUSES = (OK, EMPTY, INVALID_CHARACTERS, GAPPED, INTERNAL_STOP, NUCLEOTIDE_SEQUENCE)
+
+# The contigs table (contig samples), one row per input record.
+NO_GENES = "no_genes"  # a valid contig on which the gene caller found no gene
+PROTEIN_IN_CONTIGS = "protein_in_contigs"  # a contigs-sample record that is a protein
+CONTIG_STATUSES = (OK, NO_GENES, PROTEIN_IN_CONTIGS, EMPTY, INVALID_CHARACTERS, GAPPED)
 
 # Engines, per distinct sequence.
 TOO_LONG = "too_long"

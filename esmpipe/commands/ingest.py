@@ -1,13 +1,26 @@
 """`esmpipe ingest`: one sample's FASTA (proteins or contigs) to a proteins table.
 
-Every input record gives one row, never fewer: a protein record, or a gene
-called on a contig. Each row carries the normalised sequence, its status
+Every input record is accounted for, never silently lost:
+- a protein sample gives one proteins row per record;
+- a contigs sample gives one proteins row per gene called, and a contigs table
+  (`<output stem>.contigs.parquet` beside the output, CONTIGS_SCHEMA) with one
+  row per record: its length, the genes called on it and a status (`ok`,
+  `no_genes`, `protein_in_contigs`, `empty`, `invalid_characters`, `gapped`).
+Each proteins row carries the normalised sequence, its status
 (`esmpipe.io.sequences`), and its `seq_hash` when the status is "ok".
 
-Duplicate protein ids inside one file keep their rows: the first occurrence
-keeps the id, later ones get the suffix ".dup2", ".dup3", ... (and a warning
-is logged), so `(sample, protein_id)` stays a unique key of the table while
-the original id remains recognisable.
+Records of the wrong type (a DNA record in a protein sample: status
+`nucleotide_sequence`; a protein in a contigs sample: `protein_in_contigs`)
+keep their row with that status. When at least half of a file's non-empty
+records are of the wrong type the file as a whole was declared wrongly, and
+ingest fails with an error that names the file, a record and the fix, unless
+`--allow-type-mismatch` asks for the statuses only.
+
+Duplicate ids inside one file keep their rows: the first occurrence keeps the
+id, later ones get the suffix ".dup2", ".dup3", ... (and a warning is logged),
+so `(sample, protein_id)` and `(sample, contig)` stay unique keys while the
+original id remains recognisable. A repeated contig's genes are named after
+the renamed contig (`c1.dup2_1`, ...).
 """
 
 from __future__ import annotations
@@ -15,21 +28,44 @@ from __future__ import annotations
 import argparse
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from esmpipe import __version__
 from esmpipe.cli import UserError
-from esmpipe.io.fasta import FastaError, read_fasta
-from esmpipe.io.sequences import normalise_sequence, seq_hash
-from esmpipe.io.tables import PROTEINS_SCHEMA, file_sha256, write_parquet_atomic
-from esmpipe.status import OK
+from esmpipe.io.fasta import FastaError, FastaRecord, read_fasta
+from esmpipe.io.sequences import (
+    classify_contig,
+    looks_like_nucleotide,
+    normalise_sequence,
+    seq_hash,
+)
+from esmpipe.io.tables import (
+    CONTIGS_SCHEMA,
+    PROTEINS_SCHEMA,
+    atomic_path,
+    file_sha256,
+    schema_with_metadata,
+    write_parquet_atomic,
+)
+from esmpipe.status import NO_GENES, NUCLEOTIDE_SEQUENCE, OK, PROTEIN_IN_CONTIGS
+
+if TYPE_CHECKING:
+    from esmpipe.io.genes import CalledGene
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = PROTEINS_SCHEMA.names
+# Rows per record batch (and Parquet row group) of the proteins table.
+BATCH_ROWS = 65_536
+
+# A file whose non-empty records are of the wrong type at least this often was
+# declared with the wrong type in the sample sheet (see the module docstring).
+TYPE_MISMATCH_FILE_FRACTION = 0.5
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,90 +83,298 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--input", required=True, type=Path, help="FASTA, plain or gzip")
     parser.add_argument("--output", required=True, type=Path, help="output Parquet file")
+    parser.add_argument(
+        "--contigs-output",
+        type=Path,
+        default=None,
+        help="contigs table of a contigs sample (default: <output stem>.contigs.parquet)",
+    )
+    parser.add_argument(
+        "--allow-type-mismatch",
+        action="store_true",
+        help="keep going when most records are of the other type (they keep their rows "
+        "with status nucleotide_sequence or protein_in_contigs)",
+    )
     parser.set_defaults(func=run)
 
 
-def _protein_rows(path: Path) -> Iterator[dict]:
-    for record in read_fasta(path):
-        yield {"protein_id": record.id, "raw": record.sequence}
+def contigs_path(output: str | Path) -> Path:
+    """The contigs table beside an ingest output: `work/ingest/S.parquet` ->
+    `work/ingest/S.contigs.parquet`."""
+    output = Path(output)
+    stem = output.name[: -len(".parquet")] if output.name.endswith(".parquet") else output.name
+    return output.with_name(f"{stem}.contigs.parquet")
 
 
-def _gene_rows(path: Path) -> Iterator[dict]:
-    from esmpipe.io.genes import call_genes
+class UniqueIds:
+    """Renames repeated ids `<id>.dup<k>`, k the occurrence (bumped past ids already taken)."""
 
-    for gene in call_genes(path):
-        yield {
-            "protein_id": gene.protein_id,
-            "raw": gene.sequence,
-            "contig": gene.contig,
-            "start": gene.start,
-            "end": gene.end,
-            "strand": gene.strand,
-            "partial": gene.partial,
-        }
+    def __init__(self) -> None:
+        # Every id given out -> how often it came in as an input id (0: only given out as
+        # a rename). One dict: at millions of records this set is ingest's main memory.
+        self._taken: dict[str, int] = {}
+        self.renamed = 0
+
+    def __call__(self, name: str) -> str:
+        seen = self._taken.get(name)
+        if seen is None:
+            self._taken[name] = 1
+            return name
+        self._taken[name] = seen + 1
+        k = max(seen + 1, 2)
+        while f"{name}.dup{k}" in self._taken:
+            k += 1
+        renamed = f"{name}.dup{k}"
+        self._taken[renamed] = 0
+        self.renamed += 1
+        return renamed
 
 
-def build_table(sample: str, rows: Iterable[dict]) -> tuple[pa.Table, Counter, int]:
-    """Normalise, hash and de-duplicate ids; returns (table, status counts, renamed ids)."""
-    columns: dict[str, list] = {name: [] for name in _COLUMNS}
-    seen: set[str] = set()
-    occurrences: Counter = Counter()
-    statuses: Counter = Counter()
-    renamed = 0
-    for row in rows:
-        protein_id = row["protein_id"]
-        occurrences[protein_id] += 1
-        if protein_id in seen:
-            k = occurrences[protein_id]
-            while f"{protein_id}.dup{k}" in seen:
-                k += 1
-            protein_id = f"{protein_id}.dup{k}"
-            renamed += 1
-        seen.add(protein_id)
-        sequence, status = normalise_sequence(row["raw"])
-        statuses[status] += 1
-        columns["sample"].append(sample)
-        columns["protein_id"].append(protein_id)
-        columns["seq_hash"].append(seq_hash(sequence) if status == OK else None)
-        columns["sequence"].append(sequence)
-        columns["length"].append(len(sequence))
-        columns["status"].append(status)
-        for name in ("contig", "start", "end", "strand", "partial"):
-            columns[name].append(row.get(name))
-    return pa.Table.from_pydict(columns, schema=PROTEINS_SCHEMA), statuses, renamed
+@dataclass
+class Mismatch:
+    """Records of the wrong type in one file, and the first of them (for the error)."""
+
+    count: int = 0
+    non_empty: int = 0
+    first: tuple[int, str, str] | None = None  # (record number, id, sequence start)
+
+    def see(self, number: int, record_id: str, sequence: str, mismatched: bool) -> None:
+        if sequence:
+            self.non_empty += 1
+        if mismatched:
+            self.count += 1
+            if self.first is None:
+                self.first = (number, record_id, sequence[:30])
+
+    def whole_file(self) -> bool:
+        return self.count > 0 and self.count >= TYPE_MISMATCH_FILE_FRACTION * self.non_empty
+
+
+class Rows:
+    """Rows of `schema` gathered as Python values and handed to `emit` as record batches
+    of `BATCH_ROWS` rows, so that memory holds one batch, not the sample."""
+
+    def __init__(self, schema: pa.Schema, emit: Callable[[pa.RecordBatch], object]) -> None:
+        self.schema = schema
+        self._emit = emit
+        self._columns: list[list] = [[] for _ in schema]
+
+    def append(self, values: tuple) -> None:
+        for column, value in zip(self._columns, values, strict=True):
+            column.append(value)
+        if len(self._columns[0]) >= BATCH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._columns[0]:
+            arrays = [pa.array(c, type=f.type) for c, f in zip(self._columns, self.schema,
+                                                                strict=True)]  # fmt: skip
+            self._emit(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+            self._columns = [[] for _ in self.schema]
+
+
+class ProteinsBuilder:
+    """Rows of the proteins table: normalise, hash and de-duplicate ids row by row."""
+
+    def __init__(self, sample: str, emit: Callable[[pa.RecordBatch], object]) -> None:
+        self.sample = sample
+        self.rows = Rows(PROTEINS_SCHEMA, emit)
+        self.statuses: Counter = Counter()
+        self.ids = UniqueIds()
+
+    def add(self, protein_id: str, raw: str, *, check_nucleotide: bool = False,
+            gene: CalledGene | None = None) -> tuple[str, str]:  # fmt: skip
+        """Append one row; returns (normalised sequence, status)."""
+        sequence, status = normalise_sequence(raw)
+        if check_nucleotide and status == OK and looks_like_nucleotide(sequence):
+            status = NUCLEOTIDE_SEQUENCE
+        self.statuses[status] += 1
+        where = (None,) * 5 if gene is None else (
+            gene.contig, gene.start, gene.end, gene.strand, gene.partial)  # fmt: skip
+        self.rows.append((self.sample, self.ids(protein_id),
+                          seq_hash(sequence) if status == OK else None, sequence, len(sequence),
+                          status, *where))  # fmt: skip
+        return sequence, status
+
+
+class ContigsBuilder:
+    """Rows of the contigs table, kept in memory as record batches (a few dozen bytes
+    a contig)."""
+
+    def __init__(self, sample: str) -> None:
+        self.sample = sample
+        self.batches: list[pa.RecordBatch] = []
+        self.rows = Rows(CONTIGS_SCHEMA, self.batches.append)
+        self.statuses: Counter = Counter()
+
+    def add(self, contig: str, length: int, genes: int, status: str) -> None:
+        self.rows.append((self.sample, contig, length, genes, status))
+        self.statuses[status] += 1
+
+    def table(self) -> pa.Table:
+        self.rows.flush()
+        return pa.Table.from_batches(self.batches, schema=CONTIGS_SCHEMA)
+
+
+def ingest_proteins(proteins: ProteinsBuilder, records: Iterable[FastaRecord]) -> Mismatch:
+    """A protein sample: one row per record, DNA/RNA records as `nucleotide_sequence`."""
+    mismatch = Mismatch()
+    for number, record in enumerate(records, start=1):
+        sequence, status = proteins.add(record.id, record.sequence, check_nucleotide=True)
+        mismatch.see(number, record.id, sequence, status == NUCLEOTIDE_SEQUENCE)
+    return mismatch
+
+
+def ingest_contigs(
+    proteins: ProteinsBuilder, records: Iterable[FastaRecord]
+) -> tuple[ContigsBuilder, Mismatch, int]:
+    """A contigs sample: genes called on every valid contig; one contigs row per record.
+
+    Returns (contigs, mismatch, renamed contig ids)."""
+    from esmpipe.io.genes import GeneCaller
+
+    caller = GeneCaller()
+    contigs = ContigsBuilder(proteins.sample)
+    mismatch = Mismatch()
+    contig_ids = UniqueIds()
+    for number, record in enumerate(records, start=1):
+        contig = contig_ids(record.id)
+        dna, status = classify_contig(record.sequence)
+        mismatch.see(number, record.id, dna, status == PROTEIN_IN_CONTIGS)
+        genes = caller.call(contig, dna, sample=proteins.sample) if status == OK else []
+        for gene in genes:
+            proteins.add(gene.protein_id, gene.sequence, gene=gene)
+        if status == OK and not genes:
+            status = NO_GENES
+        contigs.add(contig, len(dna), len(genes), status)
+    return contigs, mismatch, contig_ids.renamed
+
+
+def _mismatch_error(args: argparse.Namespace, mismatch: Mismatch) -> UserError:
+    number, record_id, start = mismatch.first  # type: ignore[misc]
+    if args.type == "protein":
+        found, status, other = "nucleotide (DNA/RNA) sequences", NUCLEOTIDE_SEQUENCE, "contigs"
+    else:
+        found, status, other = "protein sequences, not contigs", PROTEIN_IN_CONTIGS, "protein"
+    return UserError(
+        f"{args.input}: {mismatch.count} of {mismatch.non_empty} non-empty records are "
+        f"{found} (first: record {number}, {record_id!r}, {start!r}...), but sample "
+        f"{args.sample!r} is declared as type {args.type}. If the file holds {other}, declare "
+        f"it as type {other} in the sample sheet; to keep going with these records marked "
+        f"'{status}', pass --allow-type-mismatch."
+    )
+
+
+def _records(path: Path) -> Iterator[FastaRecord]:
+    try:
+        yield from read_fasta(path)
+    except FastaError as err:
+        raise UserError(str(err)) from None
+
+
+def _counts(statuses: Counter) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(statuses.items())) or "no records"
+
+
+def _finish(draft: Path, path: Path, metadata: dict) -> int:
+    """Copy the draft into `path`, row group by row group, with the final metadata.
+
+    The metadata (status counts above all) is known only once every record is read,
+    and Parquet keeps it in the schema written first; copying row groups keeps
+    memory at one batch however large the sample."""
+    schema = schema_with_metadata(PROTEINS_SCHEMA, metadata)
+    rows = 0
+    with (
+        pq.ParquetFile(draft) as source,
+        pq.ParquetWriter(path, schema, compression="zstd") as writer,
+    ):
+        for i in range(source.num_row_groups):
+            group = source.read_row_group(i)
+            writer.write_table(group.replace_schema_metadata(schema.metadata))
+            rows += group.num_rows
+    return rows
+
+
+def _warn_mismatch(args: argparse.Namespace, mismatch: Mismatch) -> None:
+    if mismatch.whole_file():
+        if not args.allow_type_mismatch:
+            raise _mismatch_error(args, mismatch)
+        log.warning("%s", _mismatch_error(args, mismatch))
+    elif mismatch.count:
+        log.warning(
+            "%s: %d records of the wrong type for a %s sample (status %s), first: record "
+            "%d (%r)", args.input, mismatch.count, args.type,
+            NUCLEOTIDE_SEQUENCE if args.type == "protein" else PROTEIN_IN_CONTIGS,
+            *mismatch.first[:2],  # type: ignore[index]
+        )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.sample:
         raise UserError("--sample must not be empty")
-    rows = _protein_rows(args.input) if args.type == "protein" else _gene_rows(args.input)
-    try:
-        table, statuses, renamed = build_table(args.sample, rows)
-    except FastaError as err:
-        raise UserError(str(err)) from None
-    if renamed:
-        log.warning(
-            "%s: %d duplicate protein ids renamed with a .dupN suffix", args.input, renamed
-        )
-    metadata = {
-        "esmpipe_version": __version__,
-        "sample": args.sample,
-        "type": args.type,
-        "input": str(args.input),
-        "input_sha256": file_sha256(args.input),
-        "status_counts": dict(sorted(statuses.items())),
-        "duplicate_ids_renamed": renamed,
-    }
-    if args.type == "contigs":
-        import pyrodigal
+    contigs_output = args.contigs_output or contigs_path(args.output)
+    if contigs_output == args.output:
+        raise UserError(f"--contigs-output {contigs_output} is the same file as --output")
+    contigs = None
+    renamed_contigs = 0
+    with atomic_path(args.output) as tmp:
+        draft = tmp.with_name(f"{tmp.name}.draft")
+        try:
+            with pq.ParquetWriter(draft, PROTEINS_SCHEMA, compression="zstd") as writer:
+                proteins = ProteinsBuilder(args.sample, writer.write_batch)
+                if args.type == "protein":
+                    mismatch = ingest_proteins(proteins, _records(args.input))
+                else:
+                    contigs, mismatch, renamed_contigs = ingest_contigs(
+                        proteins, _records(args.input)
+                    )
+                proteins.rows.flush()
+            _warn_mismatch(args, mismatch)
+            renamed = proteins.ids.renamed
+            if renamed:
+                log.warning(
+                    "%s: %d duplicate protein ids renamed with a .dupN suffix", args.input,
+                    renamed,
+                )  # fmt: skip
+            if renamed_contigs:
+                log.warning(
+                    "%s: %d duplicate contig ids renamed with a .dupN suffix", args.input,
+                    renamed_contigs,
+                )  # fmt: skip
+            metadata = {
+                "esmpipe_version": __version__,
+                "sample": args.sample,
+                "type": args.type,
+                "input": str(args.input),
+                "input_sha256": file_sha256(args.input),
+                "status_counts": dict(sorted(proteins.statuses.items())),
+                "duplicate_ids_renamed": renamed,
+            }
+            if contigs is not None:
+                import pyrodigal
 
-        metadata["gene_caller"] = f"pyrodigal {pyrodigal.__version__} (meta mode)"
-    write_parquet_atomic(table, args.output, metadata)
-    log.info(
-        "%s: %d rows (%s) -> %s",
-        args.sample,
-        table.num_rows,
-        ", ".join(f"{k}={v}" for k, v in sorted(statuses.items())) or "no records",
-        args.output,
-    )
+                metadata["gene_caller"] = f"pyrodigal {pyrodigal.__version__} (meta mode)"
+                contig_metadata = {
+                    **metadata,
+                    "status_counts": dict(sorted(contigs.statuses.items())),
+                    "duplicate_ids_renamed": renamed_contigs,
+                }
+                metadata["contigs_output"] = str(contigs_output)
+                metadata["contig_status_counts"] = contig_metadata["status_counts"]
+                # Written first: an existing proteins table implies its contigs table.
+                write_parquet_atomic(contigs.table(), contigs_output, contig_metadata)
+            elif args.contigs_output is None and contigs_output.exists():
+                # A sample re-declared from contigs to protein: its old contigs table
+                # would otherwise be gathered as if it still described this sample.
+                log.warning("%s: removing the contigs table of an earlier contigs run",
+                            contigs_output)  # fmt: skip
+                contigs_output.unlink()
+            rows = _finish(draft, tmp, metadata)
+        finally:
+            draft.unlink(missing_ok=True)
+    if contigs is not None:
+        log.info("%s: %d contigs (%s) -> %s", args.sample, sum(contigs.statuses.values()),
+                 _counts(contigs.statuses), contigs_output)  # fmt: skip
+    log.info("%s: %d rows (%s) -> %s", args.sample, rows, _counts(proteins.statuses),
+             args.output)  # fmt: skip
     return 0

@@ -9,6 +9,14 @@ that names the file, the record and what to do, but it passes residues through
 untouched; judging them is `esmpipe.io.sequences.normalise_sequence`'s job.
 A record with no sequence lines is valid here (ingest reports it as "empty").
 
+Real-world mess it reads: Windows (CRLF) and old Mac (CR only) line ends, a
+UTF-8 byte-order mark, multi-member gzip (`cat a.gz b.gz`, bgzip), blank lines
+and trailing spaces; lowercase residues and '*' stops pass through to
+normalisation. What it refuses, each with the remedy: other compressions
+(bzip2, xz, zstd, zip), UTF-16 text (a Windows "Unicode" save), binary data, a
+'>' without an identifier. Duplicate ids are not its business (ingest renames
+them).
+
 Record fields:
 - `id`: the header's first whitespace-separated word (what Prodigal, BLAST and
   Biopython call the id);
@@ -26,6 +34,17 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 GZIP_MAGIC = b"\x1f\x8b"
+UTF8_BOM = b"\xef\xbb\xbf"
+
+# Leading bytes of what a FASTA input often turns out to be, and what to do about it.
+_OTHER_FORMATS = (
+    (b"BZh", "bzip2-compressed", "decompress it (bunzip2) or recompress it with gzip"),
+    (b"\xfd7zXZ\x00", "xz-compressed", "decompress it (unxz) or recompress it with gzip"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it (unzstd) or recompress it with gzip"),
+    (b"PK\x03\x04", "a zip archive", "unzip it and give the FASTA file inside"),
+    (b"\xff\xfe", "UTF-16 text", "save it as UTF-8 or ASCII text"),
+    (b"\xfe\xff", "UTF-16 text", "save it as UTF-8 or ASCII text"),
+)
 
 # Control characters other than tab, CR and LF never occur in FASTA text; finding one
 # means the file is binary (a BAM, an image, a compressed format other than gzip, ...).
@@ -61,6 +80,31 @@ def _open(path: str | os.PathLike[str]) -> BinaryIO:
     return gzip.open(path, "rb") if compressed else open(path, "rb")  # type: ignore[return-value]
 
 
+def _lines(handle: BinaryIO) -> Iterator[bytes]:
+    """Lines split at LF, and also at a CR alone (old Mac line ends)."""
+    for raw in handle:
+        body = raw.rstrip(b"\r\n")
+        if b"\r" in body:
+            yield from body.split(b"\r")
+        else:
+            yield raw
+
+
+def _check_format(path: str | os.PathLike[str], first: bytes) -> None:
+    for magic, what, remedy in _OTHER_FORMATS:
+        if first.startswith(magic):
+            raise FastaError(f"{path}: is {what}, not FASTA text; {remedy}")
+
+
+def _guess_format(line: str) -> str:
+    """A hint naming the format a file that does not start with '>' seems to be in."""
+    if line.startswith("@"):
+        return " (this looks like FASTQ reads: give assembled contigs or proteins as FASTA)"
+    if line.startswith(("LOCUS", "ID ")):
+        return " (this looks like GenBank/EMBL: convert it to FASTA)"
+    return ""
+
+
 def _where(record_number: int, record_id: str | None) -> str:
     if record_id is None:
         return "before the first record"
@@ -80,8 +124,11 @@ def read_fasta(path: str | os.PathLike[str]) -> Iterator[FastaRecord]:
     line_number = 0
     with _open(path) as handle:
         try:
-            for raw in handle:
+            for raw in _lines(handle):
                 line_number += 1
+                if line_number == 1:
+                    _check_format(path, raw)
+                    raw = raw.removeprefix(UTF8_BOM)
                 if raw.translate(None, _CONTROL_BYTES) != raw:
                     raise FastaError(
                         f"{path}: line {line_number} {_where(record_number, record_id)} contains "
@@ -110,7 +157,7 @@ def read_fasta(path: str | os.PathLike[str]) -> Iterator[FastaRecord]:
                     if line.strip():
                         raise FastaError(
                             f"{path}: line {line_number}: sequence data before the first header; "
-                            "a FASTA file must start with a '>' line"
+                            "a FASTA file must start with a '>' line" + _guess_format(line)
                         )
                 else:
                     chunks.append(line.strip())

@@ -32,25 +32,26 @@ class CalledGene:
     sample: str | None = None
 
 
-def call_genes(path: str | os.PathLike[str], *, sample: str | None = None) -> Iterator[CalledGene]:
-    """Call genes on every contig of a (plain or gzip) nucleotide FASTA file.
+class GeneCaller:
+    """Prodigal meta mode on one contig at a time.
 
-    `sample` is carried into each `CalledGene` unchanged. Raises
-    `esmpipe.io.fasta.FastaError` for malformed FASTA.
+    One finder serves every contig: in meta mode it holds no per-contig state,
+    and building it loads the 50 metagenomic models only once.
     """
-    # One finder for the whole file: in meta mode it holds no per-contig state,
-    # and building it loads the 50 metagenomic models only once.
-    finder = pyrodigal.GeneFinder(meta=True)
-    for record in read_fasta(path):
+
+    def __init__(self) -> None:
+        self._finder = pyrodigal.GeneFinder(meta=True)
+
+    def call(self, contig: str, dna: str, *, sample: str | None = None) -> list[CalledGene]:
+        """The genes on `dna` (whitespace removed; any case), ids `<contig>_<n>`."""
         # Prodigal reads only ACGT (other letters become gaps it will not call
         # across); it is case-insensitive, so the contig goes in as written.
-        dna = "".join(record.sequence.split())
         if not dna:
-            continue
-        for n, gene in enumerate(finder.find_genes(dna), start=1):
-            yield CalledGene(
-                protein_id=f"{record.id}_{n}",
-                contig=record.id,
+            return []
+        return [
+            CalledGene(
+                protein_id=f"{contig}_{n}",
+                contig=contig,
                 start=gene.begin,
                 end=gene.end,
                 strand=gene.strand,
@@ -58,3 +59,17 @@ def call_genes(path: str | os.PathLike[str], *, sample: str | None = None) -> It
                 sequence=gene.translate(),
                 sample=sample,
             )
+            for n, gene in enumerate(self._finder.find_genes(dna), start=1)
+        ]
+
+
+def call_genes(path: str | os.PathLike[str], *, sample: str | None = None) -> Iterator[CalledGene]:
+    """Call genes on every contig of a (plain or gzip) nucleotide FASTA file.
+
+    `sample` is carried into each `CalledGene` unchanged. Raises
+    `esmpipe.io.fasta.FastaError` for malformed FASTA. Records are not judged
+    here (`esmpipe ingest` first checks them with `classify_contig`).
+    """
+    caller = GeneCaller()
+    for record in read_fasta(path):
+        yield from caller.call(record.id, "".join(record.sequence.split()), sample=sample)

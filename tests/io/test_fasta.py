@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import lzma
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,72 @@ def test_truncated_gzip(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     message = _error(tmp_path / "nope.fa")
     assert "nope.fa" in message and "no such file" in message
+
+
+def test_line_ends_of_every_system(tmp_path: Path) -> None:
+    unix = ">p1 a\nMKV\nLLA\n>p2\nmkv*\n"
+    for name, text in (("crlf", unix.replace("\n", "\r\n")), ("cr", unix.replace("\n", "\r")),
+                       ("mixed", ">p1 a\r\nMKV\rLLA\n>p2\r\nmkv*")):  # fmt: skip
+        path = tmp_path / f"{name}.fa"
+        path.write_bytes(text.encode())
+        assert list(read_fasta(path)) == [
+            FastaRecord("p1", "p1 a", "MKVLLA"),
+            FastaRecord("p2", "p2", "mkv*"),
+        ], name
+
+
+def test_utf8_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "bom.fa"
+    path.write_bytes(b"\xef\xbb\xbf>p1\r\nMKV\r\n")
+    assert list(read_fasta(path)) == [FastaRecord("p1", "p1", "MKV")]
+    gz = tmp_path / "bom.fa.gz"
+    gz.write_bytes(gzip.compress(b"\xef\xbb\xbf>p1\nMKV\n"))
+    assert list(read_fasta(gz)) == [FastaRecord("p1", "p1", "MKV")]
+
+
+def test_multi_member_gzip(tmp_path: Path) -> None:
+    path = tmp_path / "cat.fa.gz"
+    path.write_bytes(gzip.compress(b">p1\nMKV\n") + gzip.compress(b">p2\nLLA\n"))
+    assert [r.id for r in read_fasta(path)] == ["p1", "p2"]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (bz2.compress(b">p1\nMKV\n"), "bzip2"),
+        (lzma.compress(b">p1\nMKV\n"), "xz"),
+        (b"\x28\xb5\x2f\xfd\x24\x00\x00\x00", "zstd"),
+        (b"PK\x03\x04\x14\x00\x00\x00", "zip"),
+        (">p1\nMKV\n".encode("utf-16"), "UTF-16"),
+        (">p1\nMKV\n".encode("utf-16-be").join([b"\xfe\xff", b""]), "UTF-16"),
+    ],
+)
+def test_other_formats_are_named(tmp_path: Path, data: bytes, expected: str) -> None:
+    path = tmp_path / "input.fa"
+    path.write_bytes(data)
+    message = _error(path)
+    assert str(path) in message and expected in message and "not FASTA" in message
+
+
+def test_residues_pass_through_untouched(tmp_path: Path) -> None:
+    # Lowercase, stops, gaps and odd letters are normalisation's to judge, not the reader's.
+    path = tmp_path / "raw.fa"
+    path.write_text(">p1\nmkv* \n>p2\nMK-V.X*J\n")
+    assert [r.sequence for r in read_fasta(path)] == ["mkv*", "MK-V.X*J"]
+
+
+def test_header_with_only_spaces_after_the_marker(tmp_path: Path) -> None:
+    path = tmp_path / "space.fa"
+    path.write_text(">  p1 desc\nMKV\n")
+    assert list(read_fasta(path)) == [FastaRecord("p1", "p1 desc", "MKV")]
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [("@read1\nACGT\n+\nIIII\n", "FASTQ"), ("LOCUS       NC_000913\n", "GenBank")],
+)
+def test_other_text_formats_get_a_hint(tmp_path: Path, text: str, hint: str) -> None:
+    path = tmp_path / "reads.fa"
+    path.write_text(text)
+    message = _error(path)
+    assert str(path) in message and "before the first header" in message and hint in message
