@@ -140,9 +140,12 @@ def bench(records: int, args: argparse.Namespace) -> dict[str, tuple[float, floa
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     env = dict(os.environ)
-    if args.code:
-        env["PYTHONPATH"] = str(Path(args.code).resolve())
     esmpipe = [sys.executable, "-m", "esmpipe.cli"]
+    if args.code:
+        # Not PYTHONPATH: `python -m` puts the working directory (this checkout) first.
+        code = str(Path(args.code).resolve())
+        esmpipe = [sys.executable, "-c", f"import sys; sys.path.insert(0, {code!r}); "
+                   "from esmpipe.cli import main; sys.exit(main())"]
     inputs = ([*["--ingest"], *map(str, paths)] if args.no_list
               else ["--ingest-list", str(listing)])
     log = run_dir / "bench.log"
