@@ -13,7 +13,7 @@ process, timed with its own peak resident memory (`os.wait4`):
 - gather proteins: one row per record with both stages' statuses
 
 The fake cache parts are written between steps and not timed. `--code DIR` runs the
-steps with another checkout's package (PYTHONPATH=DIR), e.g. main for before-figures;
+steps with another checkout's package (DIR first on sys.path), e.g. main for before-figures;
 `--no-list` passes ingest tables on the command line (for code without
 `--ingest-list`). The cohort is generated once per size under `--work` and reused.
 """
