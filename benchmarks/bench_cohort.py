@@ -7,13 +7,13 @@ drawn from a shared pool (each shared sequence in about four samples), half are
 unique; lengths uniform in [30, 500). Each step runs as a whole `esmpipe`
 process, timed with its own peak resident memory (`os.wait4`):
 
-- plan:    esmpipe shard --stage embed (cold cache: everything is planned)
+- plan embed / fold: esmpipe shard (cold cache: everything is planned)
 - gather embeddings / structures: the stage tables from fake cache parts (embeddings
   of `--dim` floats; structures with short fake per-residue and PDB columns)
 - gather proteins: one row per record with both stages' statuses
 
 The fake cache parts are written between steps and not timed. `--code DIR` runs the
-steps with another checkout's package (PYTHONPATH=DIR), e.g. main for before-figures;
+steps with another checkout's package (DIR first on sys.path), e.g. main for before-figures;
 `--no-list` passes ingest tables on the command line (for code without
 `--ingest-list`). The cohort is generated once per size under `--work` and reused.
 """
@@ -116,8 +116,8 @@ def fake_parts(plan: Path, cache: Path, stage: str, dim: int) -> None:
         pq.write_table(table, cache / shard.name, compression="zstd")
 
 
-def run_step(name: str, argv: list[str], env: dict, log: Path) -> tuple[float, float]:
-    """Run one esmpipe process; returns (seconds, peak RSS in GB)."""
+def run_step(name: str, argv: list[str], env: dict, log: Path) -> tuple[float, float, float]:
+    """Run one esmpipe process; returns (seconds, CPU seconds, peak RSS in GB)."""
     with open(log, "ab") as out:
         out.write(f"\n$ {' '.join(argv[:12])} ...\n".encode())
         out.flush()
@@ -127,10 +127,10 @@ def run_step(name: str, argv: list[str], env: dict, log: Path) -> tuple[float, f
         seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"{name} failed; see {log}")
-    return seconds, usage.ru_maxrss / 1024 / 1024
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024 / 1024
 
 
-def bench(records: int, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+def bench(records: int, args: argparse.Namespace) -> dict[str, tuple[float, float, float]]:
     base = Path(args.work)
     cohort = base / f"cohort-{records}"
     paths = generate(cohort, records, args.per_sample)
@@ -140,15 +140,21 @@ def bench(records: int, args: argparse.Namespace) -> dict[str, tuple[float, floa
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     env = dict(os.environ)
-    if args.code:
-        env["PYTHONPATH"] = str(Path(args.code).resolve())
     esmpipe = [sys.executable, "-m", "esmpipe.cli"]
+    if args.code:
+        # Not PYTHONPATH: `python -m` puts the working directory (this checkout) first.
+        code = str(Path(args.code).resolve())
+        esmpipe = [sys.executable, "-c", f"import sys; sys.path.insert(0, {code!r}); "
+                   "from esmpipe.cli import main; sys.exit(main())"]
     inputs = ([*["--ingest"], *map(str, paths)] if args.no_list
               else ["--ingest-list", str(listing)])
     log = run_dir / "bench.log"
-    figures: dict[str, tuple[float, float]] = {}
-    stages = {"embed": ("embeddings", 20000, 1), "fold": ("structures", 2000, 3)}
+    figures: dict[str, tuple[float, float, float]] = {}
+    stages = {"embed": ("embeddings", args.embed_shard_size, 1),
+              "fold": ("structures", args.fold_shard_size, 3)}
     for stage, (table, size, exponent) in stages.items():
+        if stage not in args.stages:
+            continue
         plan, cache = run_dir / "plan" / stage, run_dir / "cache" / stage
         figures[f"plan {stage}"] = run_step(
             f"plan {stage}",
@@ -161,11 +167,11 @@ def bench(records: int, args: argparse.Namespace) -> dict[str, tuple[float, floa
             [*esmpipe, "gather", "--table", table, "--plan", str(plan),
              "--output", str(run_dir / "results" / table),
              "--status-output", str(run_dir / "status" / f"{stage}.parquet")], env, log)
+    status = [a for stage in args.stages
+              for a in ("--status", f"{stage}={run_dir / 'status' / f'{stage}.parquet'}")]
     figures["gather proteins"] = run_step(
         "gather proteins",
-        [*esmpipe, "gather", "--table", "proteins", *inputs,
-         "--status", f"embed={run_dir / 'status' / 'embed.parquet'}",
-         "--status", f"fold={run_dir / 'status' / 'fold.parquet'}",
+        [*esmpipe, "gather", "--table", "proteins", *inputs, *status,
          "--output", str(run_dir / "results" / "proteins")], env, log)
     if not args.keep:
         shutil.rmtree(run_dir / "cache", ignore_errors=True)
@@ -183,12 +189,19 @@ def main() -> None:
     parser.add_argument("--no-list", action="store_true",
                         help="pass ingest tables with --ingest (code without --ingest-list)")
     parser.add_argument("--keep", action="store_true", help="keep caches and results")
+    parser.add_argument("--stages", nargs="+", default=["embed", "fold"],
+                        choices=("embed", "fold"))
+    parser.add_argument("--embed-shard-size", type=float, default=20000,
+                        help="as config/config.yaml")
+    parser.add_argument("--fold-shard-size", type=float, default=2000,
+                        help="as config/config.yaml (about 10,000 fold shards per million "
+                             "records of this cohort)")
     args = parser.parse_args()
-    print(f"{'records':>10}  {'step':<22}{'seconds':>9}{'peak GB':>9}")
+    print(f"{'records':>10}  {'step':<22}{'seconds':>9}{'CPU s':>9}{'peak GB':>9}")
     for records in args.records:
         figures = bench(records, args)
-        for step, (seconds, peak) in figures.items():
-            print(f"{records:>10}  {step:<22}{seconds:>9.1f}{peak:>9.2f}", flush=True)
+        for step, (seconds, cpu, peak) in figures.items():
+            print(f"{records:>10}  {step:<22}{seconds:>9.1f}{cpu:>9.1f}{peak:>9.2f}", flush=True)
         plan_gather = figures["plan embed"][0] + figures["gather proteins"][0]
         print(f"{records:>10}  {'plan+gather proteins':<22}{plan_gather:>9.1f}", flush=True)
 

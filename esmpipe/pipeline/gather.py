@@ -40,7 +40,12 @@ from esmpipe.io import tables
 from esmpipe.io.tables import atomic_dir, atomic_path, read_metadata, schema_with_metadata
 from esmpipe.pipeline import duck
 from esmpipe.pipeline.config import STAGES
-from esmpipe.pipeline.plan import STAGE_STATUS_SCHEMA, ingest_scan, read_manifest
+from esmpipe.pipeline.plan import (
+    STAGE_STATUS_SCHEMA,
+    ingest_scan,
+    part_mismatch,
+    read_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +114,7 @@ def gather_stage(
             "or gather what finished with --allow-missing"
         )
     present = [p for p in parts if p.is_file()]
-    schema = _result_schema(present)
+    schema, part_metadata = _result_schema(present)
     common = {
         "stage": stage,
         "settings": manifest["settings"],
@@ -119,6 +124,7 @@ def gather_stage(
     fingerprint = hashlib.sha256(schema.to_string(show_schema_metadata=False).encode())
     base_key = {"layout": LAYOUT_VERSION, "settings_key": manifest["settings_key"],
                 "schema": fingerprint.hexdigest()[:16]}
+    expect = manifest["settings"].get("expect") or {}
     previous = _reusable_files(Path(output_dir))
     counts: dict[str, int] = {}
     output_dir = Path(output_dir)
@@ -152,6 +158,19 @@ def gather_stage(
             if not path.is_file():
                 not_computed(assigned, part_name)
                 continue
+            mismatch = part_mismatch(part_metadata[path], expect)
+            if mismatch:
+                # Computed under another key than the plan's (another precision ran, or
+                # the part changed since planning): never a result of this run.
+                if not allow_missing:
+                    raise GatherError(
+                        f"{stage}: cache part {path} does not match the run's key "
+                        f"({mismatch}); delete it and re-run, or gather what matches "
+                        "with --allow-missing"
+                    )
+                log.warning("%s: cache part %s not used: %s", stage, path, mismatch)
+                not_computed(assigned, part_name)
+                continue
             stat = path.stat()
             key = dict(base_key, part=part_name, size=stat.st_size, mtime_ns=stat.st_mtime_ns,
                        selection=_digest(assigned))
@@ -162,7 +181,7 @@ def gather_stage(
                 reused += len(old)
                 found_hashes, found_status = _part_statuses(path, assigned)
             else:
-                part_meta = {k: v for k, v in read_metadata(path).items()
+                part_meta = {k: v for k, v in part_metadata[path].items()
                              if not k.startswith(INPUT_PREFIX)}
                 metadata = {**part_meta, **common, "parts": [{"part": part_name, **part_meta}],
                             "source": key}
@@ -193,20 +212,31 @@ def gather_stage(
     return counts
 
 
-def _result_schema(parts: Sequence[Path]) -> pa.Schema:
-    """The parts' columns but `status`, unified over parts (old parts may lack new ones)."""
+def _result_schema(parts: Sequence[Path]) -> tuple[pa.Schema, dict[Path, dict]]:
+    """The parts' columns but `status`, unified over parts (old parts may lack new ones),
+    and each part's metadata (read from the same footer)."""
+    metadata: dict[Path, dict] = {}
     if not parts:
-        return pa.schema([("seq_hash", pa.string()), ("length", pa.int32())])
-    schemas = []
-    seen: set[str] = set()
+        return pa.schema([("seq_hash", pa.string()), ("length", pa.int32())]), metadata
+    schemas: dict[str, pa.Schema] = {}
     for part in parts:
-        schema = pq.read_schema(part).remove_metadata()
-        text = schema.to_string()
-        if text not in seen:
-            seen.add(text)
-            schemas.append(schema)
-    unified = pa.unify_schemas(schemas, promote_options="permissive")
-    return pa.schema([f for f in unified if f.name != "status"])
+        schema = pq.read_schema(part)
+        raw = (schema.metadata or {}).get(tables.METADATA_KEY)
+        metadata[part] = json.loads(raw) if raw else {}
+        schema = schema.remove_metadata()
+        schemas.setdefault(schema.to_string(), schema)
+    unified = pa.unify_schemas(list(schemas.values()), promote_options="permissive")
+    return pa.schema([f for f in unified if f.name != "status"]), metadata
+
+
+def _row_groups(path: Path, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """A Parquet file one row group at a time (cheaper than iter_batches for small files)."""
+    with open(path, "rb") as handle:
+        file = pq.ParquetFile(handle)
+        for i in range(file.num_row_groups):
+            group = file.read_row_group(i, columns=columns, use_threads=False)
+            if group.num_rows:
+                yield group.combine_chunks().to_batches()[0]
 
 
 def _assigned_by_part(con, cohort: Path) -> Iterator[tuple[str, pa.Array]]:
@@ -255,8 +285,7 @@ def _first_rows(batch: pa.RecordBatch, assigned: pa.Array, seen: list[pa.Array])
 def _part_statuses(path: Path, assigned: pa.Array) -> tuple[pa.Array, pa.Array]:
     """(seq_hash, status) of the rows the plan takes from a cache part."""
     found_h, found_s, seen = [], [], []
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=65536,
-                                                   columns=["seq_hash", "status"]):
+    for batch in _row_groups(path, ["seq_hash", "status"]):
         rows = _first_rows(batch, assigned, seen)
         if len(rows):
             found_h.append(batch.column("seq_hash").take(rows))
@@ -278,8 +307,7 @@ def _copy_part(path: Path, assigned: pa.Array, schema: pa.Schema, metadata: dict
     target = schema_with_metadata(schema, metadata)
     writer, in_file, files = None, 0, 0
     try:
-        batch_rows = max(1, min(4096, rows_per_file))
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+        for batch in _row_groups(path):
             rows = _first_rows(batch, assigned, seen)
             if not len(rows):
                 continue
@@ -295,7 +323,7 @@ def _copy_part(path: Path, assigned: pa.Array, schema: pa.Schema, metadata: dict
                 writer = None
             if writer is None:
                 writer = pq.ParquetWriter(out / _file_name(path.name, files), target,
-                                          compression="zstd")
+                                          compression="zstd", use_dictionary=False)
                 files, in_file = files + 1, 0
             writer.write_table(_conform(pa.Table.from_batches([ok]), target))
             in_file += ok.num_rows

@@ -119,14 +119,27 @@ def distinct_sequences(ingest_tables: Iterable[str | os.PathLike]) -> pa.Table:
 
 
 def ingest_scan(paths: Sequence[str | os.PathLike], *, filename: bool = False) -> str:
-    """SQL reading the ingest tables (columns matched by name)."""
+    """SQL reading the ingest tables."""
     extra = ", filename = true" if filename else ""
-    return f"read_parquet({duck.path_list(paths)}, union_by_name = true{extra})"
+    # Ingest tables share PROTEINS_SCHEMA: binding reads one footer, not thousands.
+    return f"read_parquet({duck.path_list(paths)}{extra})"
 
 
 def part_accepts(metadata: dict, expect: dict) -> bool:
-    """Whether a cache part's metadata matches every `expect` key (a hit only then)."""
-    return all(metadata.get(key) == value for key, value in expect.items())
+    """Whether a cache part's metadata matches every `expect` key (a hit only then).
+
+    A key the part does not record, or records as null (an identity the job could
+    not tell), never matches: such a part is never reused under an `expect`.
+    """
+    return part_mismatch(metadata, expect) is None
+
+
+def part_mismatch(metadata: dict, expect: dict) -> str | None:
+    """The first `expect` key a part's metadata does not match, as text (None: all match)."""
+    for key, value in expect.items():
+        if metadata.get(key) is None or metadata[key] != value:
+            return f"{key} {metadata.get(key)!r}, expected {value!r}"
+    return None
 
 
 def cache_parts(
@@ -152,8 +165,9 @@ def cache_parts(
                 f"cache part {part} cannot be read ({err}); delete it and re-run, "
                 "its sequences will be computed again"
             ) from err
-        if not part_accepts(metadata, expect or {}):
-            log.info("cache part %s does not match %s: not used", part.name, expect)
+        mismatch = part_mismatch(metadata, expect or {})
+        if mismatch:
+            log.info("cache part %s not reused: %s", part.name, mismatch)
             continue
         limit = metadata.get("max_length")
         statuses = FINAL_STATUSES
@@ -243,7 +257,7 @@ def plan_stage(
         # times more); `first_file` says where to fetch it for the shards.
         con.execute(
             "CREATE TABLE seqs AS SELECT seq_hash, any_value(length)::INTEGER AS length, "
-            f"min(filename) AS first_file FROM {ingest_scan(paths, filename=True)} "
+            f"min(file_index)::INTEGER AS first_file FROM {ingest_scan(paths)} "
             "WHERE status = 'ok' AND seq_hash IS NOT NULL GROUP BY seq_hash"
         )
         _load_cache(con, parts)
@@ -333,15 +347,17 @@ def _deal_out(con, out: Path, key: str, shard_size: float, exponent: float,
     # 3. The shard files, members sorted by length then hash, their text read from
     # the first file holding each. A file may hold a sequence twice: such rows
     # arrive one after the other, and all but the first are dropped.
-    stats: dict[int, list[int]] = {}
-    writer, current, previous = None, -1, None
+    sequences = np.zeros(len(ids), dtype=np.int64)
+    residues = np.zeros(len(ids), dtype=np.int64)
+    schema = schema_with_metadata(SHARD_SCHEMA, {"stage": stage})
+    writer, handle, current, previous = None, None, -1, None
     try:
         for batch in duck.batches(
             con, "SELECT a.shard, i.seq_hash, i.sequence, i.length "
-                 f"FROM {ingest_scan(ingest, filename=True)} i "
+                 f"FROM {ingest_scan(ingest)} i "
                  "JOIN (SELECT a.shard, a.seq_hash, s.first_file FROM assign a "
                  "JOIN seqs s USING (seq_hash)) a "
-                 "ON i.seq_hash = a.seq_hash AND i.filename = a.first_file "
+                 "ON i.seq_hash = a.seq_hash AND i.file_index = a.first_file "
                  "ORDER BY a.shard, i.length, i.seq_hash"):
             hashes = batch.column("seq_hash")
             repeat = np.r_[hashes[0].as_py() == previous,
@@ -350,26 +366,29 @@ def _deal_out(con, out: Path, key: str, shard_size: float, exponent: float,
             if repeat.any():
                 batch = batch.filter(pa.array(~repeat))
             shards = batch.column("shard").to_numpy()
+            lengths = batch.column("length").to_numpy()
+            rows = pa.Table.from_batches([batch]).select(
+                ["seq_hash", "sequence", "length"]).cast(schema)
             runs = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1], True])
-            for a, b in zip(runs[:-1].tolist(), runs[1:].tolist(), strict=True):
+            starts = runs[:-1]
+            np.add.at(sequences, shards[starts], np.diff(runs))
+            np.add.at(residues, shards[starts], np.add.reduceat(lengths.astype(np.int64),
+                                                                 starts))
+            for a, b in zip(starts.tolist(), runs[1:].tolist(), strict=True):
                 shard = int(shards[a])
                 if shard != current:
                     if writer is not None:
                         writer.close()
+                        handle.close()
                     current = shard
-                    path = out / "shards" / f"{ids[shard]}.parquet"
-                    writer = pq.ParquetWriter(
-                        path, schema_with_metadata(SHARD_SCHEMA, {"stage": stage}),
-                        **duck.WRITE_OPTIONS)
-                rows = batch.slice(a, b - a)
-                writer.write_table(pa.Table.from_batches([rows]).select(
-                    ["seq_hash", "sequence", "length"]).cast(SHARD_SCHEMA))
-                entry = stats.setdefault(shard, [0, 0])
-                entry[0] += rows.num_rows
-                entry[1] += int(pc.sum(rows.column("length")).as_py())
+                    handle = open(out / "shards" / f"{ids[shard]}.parquet", "wb")
+                    writer = pq.ParquetWriter(handle, schema, **duck.WRITE_OPTIONS)
+                writer.write_table(rows.slice(a, b - a))
     finally:
         if writer is not None:
             writer.close()
+            handle.close()
+    stats = {i: (int(sequences[i]), int(residues[i])) for i in range(len(ids))}
     shards = [
         {"shard_id": ids[i], "sequences": stats[i][0], "residues": stats[i][1],
          "cost": round(float(balancer.loads[i]), 3)}
