@@ -9,19 +9,19 @@ rule ingest:
         lambda wildcards: SAMPLES[wildcards.sample].path,
     output:
         "work/ingest/{sample}.parquet",
-    params:
-        type=lambda wildcards: SAMPLES[wildcards.sample].type,
-    group:
-        "ingest"
-    resources:
-        mem_mb=2000,
-        runtime=runtime(60),
     log:
         "logs/ingest/{sample}.log",
     benchmark:
         "logs/benchmarks/ingest/{sample}.tsv"
+    group:
+        "ingest"
     conda:
         ESMPIPE_ENV
+    resources:
+        mem_mb=2000,
+        runtime=runtime(60),
+    params:
+        type=lambda wildcards: SAMPLES[wildcards.sample].type,
     shell:
         "esmpipe ingest --sample {wildcards.sample} --type {params.type}"
         " --input {input:q} --output {output} > {log} 2>&1"
