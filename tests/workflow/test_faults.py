@@ -143,3 +143,35 @@ def test_a_shard_failing_after_retries(demo_run, demo_env, tmp_path):
     assert (missing["log"] == f"logs/fold/{key}/{bad}.log").all()
     # Every input record is still there.
     assert len(proteins) == len(ds.dataset(demo_run / "results" / "proteins").to_table())
+
+
+def test_stale_lock_is_removed_only_when_its_run_is_gone(tmp_path):
+    from esmpipe.pipeline import runlock
+
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.input.lock").write_text("x")
+    owner = tmp_path / runlock.OWNER_FILE
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+
+    def held_by(host: str, pid: int) -> None:
+        owner.write_text(json.dumps({"host": host, "pid": pid}))
+
+    # A live Snakemake (faked: a process whose command line says snakemake) keeps its lock.
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "snakemake"])
+    try:
+        cmdline = Path(f"/proc/{live.pid}/cmdline")
+        for _ in range(200):  # until it has exec'd
+            if b"snakemake" in cmdline.read_bytes():
+                break
+            time.sleep(0.02)
+        held_by(runlock.socket.gethostname(), live.pid)
+        assert not runlock.remove_stale_locks(tmp_path) and locks.is_dir()
+    finally:
+        live.kill()
+        live.wait()
+    held_by("another-host", dead.pid)
+    assert not runlock.remove_stale_locks(tmp_path) and locks.is_dir()
+    held_by(runlock.socket.gethostname(), dead.pid)
+    assert runlock.remove_stale_locks(tmp_path) and not locks.exists()
