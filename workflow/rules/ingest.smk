@@ -1,7 +1,8 @@
 # One sample's FASTA to a table of records: normalised sequence, status, seq_hash;
 # for contigs, genes called by Prodigal (meta mode) with their coordinates, and a
-# table of the contigs themselves. On a cluster, ingest jobs are tiny: the profile
-# groups them (`group-components`) so that one cluster job ingests many samples.
+# table of the contigs themselves. On a cluster, ingest jobs are tiny: group them
+# (`--groups ingest=ingest --group-components ingest=50`) so that one cluster job
+# ingests many samples.
 
 
 rule ingest:
@@ -13,8 +14,6 @@ rule ingest:
         "logs/ingest/{sample}.log",
     benchmark:
         "logs/benchmarks/ingest/{sample}.tsv"
-    group:
-        "ingest"
     conda:
         ESMPIPE_ENV
     resources:
