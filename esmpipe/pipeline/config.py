@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema
 
 STAGES = ("embed", "fold")
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 
 
 class ConfigError(ValueError):
@@ -97,6 +98,9 @@ def validate_config(config: dict, schema: dict) -> dict:
         # `snakemake --config fold=false` passes the string "false".
         if isinstance(config.get(stage), str) and config[stage].lower() in ("false", "off"):
             config[stage] = False
+    # `--config partial=true` passes the string "true".
+    if isinstance(config.get("partial"), str) and config["partial"].lower() in _BOOL_WORDS:
+        config["partial"] = _BOOL_WORDS[config["partial"].lower()]
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.path)))
     if errors:

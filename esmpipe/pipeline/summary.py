@@ -113,9 +113,12 @@ def summarize(
         path = workdir / "results" / table
         log = workdir / "logs" / "gather" / f"{table}.log"
         g = StageSummary(f"gather {table}", jobs=1, done=int(path.is_dir()))
-        if not path.is_dir() and log.exists():
-            g.failures.append(Failure(f"gather {table}", last_error(log),
-                                      str(log.relative_to(workdir))))
+        if not path.is_dir():
+            reason = last_error(log) if log.exists() else ""
+            if _ERROR_LINE.search(reason):
+                g.failures.append(Failure(f"gather {table}", reason, str(log.relative_to(workdir))))
+            else:
+                g.note = "not gathered (what it needs did not finish)"
         out.append(g)
     return out
 

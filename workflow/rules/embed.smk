@@ -11,10 +11,12 @@ if CONFIG["embed"]:
             model="work/models/embed.json",
         output:
             "results/cache/embed/{key}/{shard}.parquet",
-        params:
-            model=model_arg("embed"),
-            options=optional_args("embed", ["dtype", "device", "max_length"]),
-            values=value_args("embed"),
+        log:
+            "logs/embed/{key}/{shard}.log",
+        benchmark:
+            "logs/benchmarks/embed/{key}/{shard}.tsv"
+        conda:
+            ESMPIPE_ENV
         threads: CONFIG["embed"]["threads"]
         resources:
             gpu=1,
@@ -22,12 +24,10 @@ if CONFIG["embed"]:
             # Not a scheduling resource: the per-batch token budget, which only
             # resources may derive from the attempt number.
             max_tokens=token_budget("embed"),
-        log:
-            "logs/embed/{key}/{shard}.log",
-        benchmark:
-            "logs/benchmarks/embed/{key}/{shard}.tsv"
-        conda:
-            ESMPIPE_ENV
+        params:
+            model=model_arg("embed"),
+            options=optional_args("embed", ["dtype", "device", "max_length"]),
+            values=value_args("embed"),
         shell:
             "HF_HUB_OFFLINE=1 esmpipe embed {params.model} --input {input.shard}"
             " --output {output} --max-tokens {resources.max_tokens} {params.options}"

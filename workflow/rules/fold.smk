@@ -11,12 +11,12 @@ if CONFIG["fold"]:
             model="work/models/fold.json",
         output:
             "results/cache/fold/{key}/{shard}.parquet",
-        params:
-            model=model_arg("fold"),
-            options=optional_args(
-                "fold", ["dtype", "device", "max_length", "chunk_size"]
-            ),
-            values=value_args("fold"),
+        log:
+            "logs/fold/{key}/{shard}.log",
+        benchmark:
+            "logs/benchmarks/fold/{key}/{shard}.tsv"
+        conda:
+            ESMPIPE_ENV
         threads: CONFIG["fold"]["threads"]
         resources:
             gpu=1,
@@ -24,12 +24,12 @@ if CONFIG["fold"]:
             # Not a scheduling resource: the per-batch token budget, which only
             # resources may derive from the attempt number.
             max_tokens=token_budget("fold"),
-        log:
-            "logs/fold/{key}/{shard}.log",
-        benchmark:
-            "logs/benchmarks/fold/{key}/{shard}.tsv"
-        conda:
-            ESMPIPE_ENV
+        params:
+            model=model_arg("fold"),
+            options=optional_args(
+                "fold", ["dtype", "device", "max_length", "chunk_size"]
+            ),
+            values=value_args("fold"),
         shell:
             "HF_HUB_OFFLINE=1 esmpipe fold {params.model} --input {input.shard}"
             " --output {output} --max-tokens {resources.max_tokens} {params.options}"

@@ -14,15 +14,15 @@ rule gather_stage:
     output:
         table=directory("results/{table}"),
         status="work/status/{table}.parquet",
-    resources:
-        mem_mb=8000,
-        runtime=60,
     log:
         "logs/gather/{table}.log",
     benchmark:
         "logs/benchmarks/gather/{table}.tsv"
     conda:
         ESMPIPE_ENV
+    resources:
+        mem_mb=8000,
+        runtime=60,
     shell:
         "esmpipe gather --table {wildcards.table} --plan {input.plan}"
         " --output {output.table} --status-output {output.status} > {log} 2>&1"
@@ -35,21 +35,21 @@ rule gather_proteins:
         status=[f"work/status/{RESULT_TABLE[stage]}.parquet" for stage in ENABLED],
     output:
         directory("results/proteins"),
-    params:
-        ingest=lambda wildcards, input: ingest_arg(input.ingest_list),
-        status=" ".join(
-            f"--status {stage}=work/status/{RESULT_TABLE[stage]}.parquet"
-            for stage in ENABLED
-        ),
-    resources:
-        mem_mb=8000,
-        runtime=60,
     log:
         "logs/gather/proteins.log",
     benchmark:
         "logs/benchmarks/gather/proteins.tsv"
     conda:
         ESMPIPE_ENV
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        ingest=lambda wildcards, input: ingest_arg(input.ingest_list),
+        status=" ".join(
+            f"--status {stage}=work/status/{RESULT_TABLE[stage]}.parquet"
+            for stage in ENABLED
+        ),
     shell:
         "esmpipe gather --table proteins {params.ingest} {params.status}"
         " --output {output} > {log} 2>&1"
@@ -63,15 +63,15 @@ if CONTIG_SAMPLES and CONTIGS_TABLE:
             ingest_list=INGEST_LIST,
         output:
             directory("results/contigs"),
-        resources:
-            mem_mb=4000,
-            runtime=60,
         log:
             "logs/gather/contigs.log",
         benchmark:
             "logs/benchmarks/gather/contigs.tsv"
         conda:
             ESMPIPE_ENV
+        resources:
+            mem_mb=4000,
+            runtime=60,
         shell:
             "esmpipe gather --table contigs --ingest-list {input.ingest_list}"
             " --output {output} > {log} 2>&1"

@@ -8,15 +8,15 @@
 rule init_model:
     output:
         directory("resources/models/{preset}"),
-    resources:
-        mem_mb=2000,
-        runtime=10,
     log:
         "logs/init_model/{preset}.log",
     benchmark:
         "logs/benchmarks/init_model/{preset}.tsv"
     conda:
         ESMPIPE_ENV
+    resources:
+        mem_mb=2000,
+        runtime=10,
     shell:
         "esmpipe init-model --preset {wildcards.preset} --output {output} > {log} 2>&1"
 
@@ -26,15 +26,15 @@ rule fetch_model:
         lambda wildcards: model_input(wildcards.stage),
     output:
         "work/models/{stage}.json",
-    params:
-        model=lambda wildcards: model_arg(wildcards.stage),
-    resources:
-        mem_mb=2000,
-        runtime=120,
     log:
         "logs/fetch_model/{stage}.log",
     conda:
         ESMPIPE_ENV
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    params:
+        model=lambda wildcards: model_arg(wildcards.stage),
     shell:
         "esmpipe fetch-model {params.model} --output {output} > {log} 2>&1"
 
@@ -48,12 +48,12 @@ rule cache_key:
     output:
         key="work/keys/{stage}.json",
         cache_dir="work/keys/{stage}.cache_dir",
-    params:
-        options=lambda wildcards: cache_key_args(wildcards.stage),
     log:
         "logs/cache_key/{stage}.log",
     conda:
         ESMPIPE_ENV
+    params:
+        options=lambda wildcards: cache_key_args(wildcards.stage),
     shell:
         "esmpipe cache-key --stage {wildcards.stage} --identity {input.model}"
         " {params.options} --output {output.key} --cache-dir-output {output.cache_dir}"

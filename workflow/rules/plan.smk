@@ -12,20 +12,20 @@ checkpoint plan:
         cache_dir="work/keys/{stage}.cache_dir",
     output:
         plan=directory("work/plan/{stage}"),
-    params:
-        ingest=lambda wildcards, input: ingest_arg(input.ingest_list),
-        shard_size=lambda wildcards: CONFIG[wildcards.stage]["shard_size"],
-        cost_exponent=lambda wildcards: CONFIG[wildcards.stage]["cost_exponent"],
-        max_length=lambda wildcards: optional_args(wildcards.stage, ["max_length"]),
-    resources:
-        mem_mb=4000,
-        runtime=30,
     log:
         "logs/plan/{stage}.log",
     benchmark:
         "logs/benchmarks/plan/{stage}.tsv"
     conda:
         ESMPIPE_ENV
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        ingest=lambda wildcards, input: ingest_arg(input.ingest_list),
+        shard_size=lambda wildcards: CONFIG[wildcards.stage]["shard_size"],
+        cost_exponent=lambda wildcards: CONFIG[wildcards.stage]["cost_exponent"],
+        max_length=lambda wildcards: optional_args(wildcards.stage, ["max_length"]),
     shell:
         "esmpipe shard --stage {wildcards.stage} {params.ingest}"
         ' --cache-dir "$(cat {input.cache_dir})" --output-dir {output.plan}'
