@@ -111,6 +111,17 @@ def _where(record_number: int, record_id: str | None) -> str:
     return f"in record {record_number} ({record_id!r})"
 
 
+def _binary_or_undecodable(raw: bytes) -> str | None:
+    """Why `raw` is not FASTA text, or None when it is."""
+    if raw.translate(None, _CONTROL_BYTES) != raw:
+        return "contains binary data"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "is not UTF-8 text"
+    return None
+
+
 def read_fasta(path: str | os.PathLike[str]) -> Iterator[FastaRecord]:
     """Yield the records of a FASTA file in file order.
 
@@ -120,8 +131,31 @@ def read_fasta(path: str | os.PathLike[str]) -> Iterator[FastaRecord]:
     record_number = 0  # 1-based number of the record being read
     record_id: str | None = None
     description = ""
-    chunks: list[str] = []
+    # A record's sequence lines stay bytes until the record ends, then are checked and
+    # decoded in one go: per-line work is what limits the reading speed.
+    chunks: list[bytes] = []
+    first_line = 0  # line number of chunks[0]
     line_number = 0
+
+    def problem(where: int, why: str) -> FastaError:
+        return FastaError(
+            f"{path}: line {where} {_where(record_number, record_id)} {why}; "
+            "this is not a FASTA file (plain text or gzip expected)"
+        )
+
+    def sequence() -> str:
+        data = b"".join(chunks)
+        try:
+            if data.translate(None, _CONTROL_BYTES) != data:
+                raise UnicodeError
+            return data.decode("utf-8")
+        except UnicodeError:
+            for offset, chunk in enumerate(chunks):
+                why = _binary_or_undecodable(chunk)
+                if why:
+                    raise problem(first_line + offset, why) from None
+            raise problem(first_line, "is not UTF-8 text") from None  # split characters
+
     with _open(path) as handle:
         try:
             for raw in _lines(handle):
@@ -129,21 +163,16 @@ def read_fasta(path: str | os.PathLike[str]) -> Iterator[FastaRecord]:
                 if line_number == 1:
                     _check_format(path, raw)
                     raw = raw.removeprefix(UTF8_BOM)
-                if raw.translate(None, _CONTROL_BYTES) != raw:
-                    raise FastaError(
-                        f"{path}: line {line_number} {_where(record_number, record_id)} contains "
-                        "binary data; this is not a FASTA file (plain text or gzip expected)"
-                    )
-                try:
-                    line = raw.decode("utf-8").rstrip("\r\n")
-                except UnicodeDecodeError:
-                    raise FastaError(
-                        f"{path}: line {line_number} {_where(record_number, record_id)} is not "
-                        "UTF-8 text; this is not a FASTA file (plain text or gzip expected)"
-                    ) from None
+                if not raw.startswith(b">") and record_id is not None:
+                    chunks.append(raw.strip())
+                    continue
+                why = _binary_or_undecodable(raw)
+                if why:
+                    raise problem(line_number, why)
+                line = raw.decode("utf-8").rstrip("\r\n")
                 if line.startswith(">"):
                     if record_id is not None:
-                        yield FastaRecord(record_id, description, "".join(chunks))
+                        yield FastaRecord(record_id, description, sequence())
                     record_number += 1
                     description = line[1:].strip()
                     if not description:
@@ -153,18 +182,18 @@ def read_fasta(path: str | os.PathLike[str]) -> Iterator[FastaRecord]:
                         )
                     record_id = description.split(maxsplit=1)[0]
                     chunks = []
-                elif record_id is None:
-                    if line.strip():
-                        raise FastaError(
-                            f"{path}: line {line_number}: sequence data before the first header; "
-                            "a FASTA file must start with a '>' line" + _guess_format(line)
-                        )
-                else:
-                    chunks.append(line.strip())
+                    first_line = line_number + 1
+                elif line.strip():
+                    raise FastaError(
+                        f"{path}: line {line_number}: sequence data before the first header; "
+                        "a FASTA file must start with a '>' line" + _guess_format(line)
+                    )
+            if record_id is not None:
+                final = sequence()
         except (EOFError, gzip.BadGzipFile, zlib.error) as err:
             raise FastaError(
                 f"{path}: the gzip stream is truncated or corrupt after line {line_number} "
                 f"{_where(record_number, record_id)} ({err}); re-download or re-compress the file"
             ) from None
     if record_id is not None:
-        yield FastaRecord(record_id, description, "".join(chunks))
+        yield FastaRecord(record_id, description, final)
