@@ -23,7 +23,11 @@ COMMAND_MODULES = (
     "esmpipe.commands.fold",
     "esmpipe.commands.gather",
     "esmpipe.commands.query",
+    "esmpipe.commands.hits",
+    "esmpipe.commands.export",
+    "esmpipe.commands.similar",
     "esmpipe.commands.report_stats",
+    "esmpipe.commands.cache_key",  # cache-key, fetch-model (workflow helper)
 )
 
 

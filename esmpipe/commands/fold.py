@@ -35,8 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "fold", help="ESMFold structures, pLDDT, pTM and PAE", description=__doc__.split("\n\n")[0]
     )
     add_common_arguments(parser, max_tokens=1024,
-                         budget="n sequences padded to L residues need n * L^2 <= N^2, "
-                                "i.e. a batch costs at most one N-residue chain",
+                         budget="memory bound of a batch: n sequences padded to L residues "
+                                "need n * L^2 <= N^2; batches also hold only similar lengths "
+                                "(padding within 10%%), and one sequence at a time on a CPU",
                          auto_dtype="float16 stem and float32 trunk on CUDA, "
                                     "float32 on CPU")  # fmt: skip
     parser.add_argument("--max-length", type=_positive, default=1280,
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow as pa
 
     from esmpipe.engine.device import describe_device, resolve_device, resolve_fold_dtypes
-    from esmpipe.engine.fold import OUTPUT_VERSION, Folder
+    from esmpipe.engine.fold import OUTPUT_VERSION, FoldingEngine
     from esmpipe.engine.inputs import InputError, read_inputs
     from esmpipe.io.fasta import FastaError
     from esmpipe.io.partial import PartialOutput
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     model.esm.to(stem_dtype)
     model.eval()
     precision = _precision_split(model)
-    folder = Folder(model, max_tokens=args.max_tokens, max_length=args.max_length,
+    engine = FoldingEngine(model, max_tokens=args.max_tokens, max_length=args.max_length,
                     num_recycles=args.num_recycles, chunk_size=args.chunk_size)  # fmt: skip
     log.info("fold: %d distinct sequences from %s on %s (%s)", len(inputs.sequences),
              args.input, describe_device(device), precision)  # fmt: skip
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         args.output, STRUCTURES_SCHEMA,
         resume_key(args, dtype=precision, output_version=OUTPUT_VERSION, **settings),
     )  # fmt: skip
-    run_streaming(partial, inputs, folder.run, rows)
+    run_streaming(partial, inputs, engine.run, rows)
     metadata = run_metadata(
         args,
         inputs,

@@ -176,3 +176,65 @@ def to_mmcif(
             serial += 1
     lines.append("#")
     return "\n".join(lines) + "\n"
+
+
+def parse_pdb(text: str) -> dict[str, np.ndarray]:
+    """The arrays `to_pdb` was given, back from PDB text (ATOM records, first model).
+
+    Returns `aatype`, `atom37_positions`, `atom37_mask`, `residue_index`,
+    `b_factors` [L, 37] and `chain_index` (0, 1, ... by first appearance). Atoms
+    outside atom37 (hydrogens, OXT) and HETATM records are dropped; unknown residue
+    names become UNK.
+    """
+    unk = rc.resnames.index("UNK")
+    residues: dict[tuple[str, int, str], int] = {}
+    aatype: list[int] = []
+    residue_index: list[int] = []
+    chain_of: list[int] = []
+    chains: dict[str, int] = {}
+    atoms: list[tuple[int, int, float, float, float, float]] = []
+    for line in text.splitlines():
+        if line.startswith("ENDMDL"):
+            break
+        if not line.startswith("ATOM  "):
+            continue
+        name, resname, chain = line[12:16].strip(), line[17:20].strip(), line[21]
+        number, insertion = int(line[22:26]), line[26]
+        key = (chain, number, insertion)
+        if key not in residues:
+            residues[key] = len(aatype)
+            aatype.append(rc.resnames.index(resname) if resname in rc.resnames else unk)
+            residue_index.append(number)
+            chain_of.append(chains.setdefault(chain, len(chains)))
+        slot = rc.atom_order.get(name)
+        if slot is None:
+            continue
+        b = float(line[60:66]) if line[60:66].strip() else 0.0
+        atoms.append((residues[key], slot, float(line[30:38]), float(line[38:46]),
+                      float(line[46:54]), b))
+    n = len(aatype)
+    positions = np.zeros((n, rc.atom_type_num, 3))
+    mask = np.zeros((n, rc.atom_type_num), dtype=bool)
+    b_factors = np.zeros((n, rc.atom_type_num))
+    for i, slot, x, y, z, b in atoms:
+        positions[i, slot] = (x, y, z)
+        mask[i, slot] = True
+        b_factors[i, slot] = b
+    return {
+        "aatype": np.asarray(aatype, dtype=np.int64),
+        "atom37_positions": positions,
+        "atom37_mask": mask,
+        "residue_index": np.asarray(residue_index, dtype=np.int64),
+        "b_factors": b_factors,
+        "chain_index": np.asarray(chain_of, dtype=np.int64),
+    }
+
+
+def convert_pdb(text: str, fmt: str, *, name: str = "esmpipe") -> str:
+    """PDB text as `fmt`: "pdb" returns it as stored, "cif" rewrites it as mmCIF
+    (same atoms, coordinates and B-factors; `name` is the data block's name)."""
+    if fmt == "pdb":
+        return text if text.endswith("\n") else text + "\n"
+    if fmt in ("cif", "mmcif"):
+        return to_mmcif(**parse_pdb(text), name=name)
+    raise ValueError(f"unknown structure format {fmt!r}; choose pdb or cif")

@@ -65,18 +65,45 @@ CONTIGS_SCHEMA = pa.schema(
 )
 
 
-def EMBEDDINGS_SCHEMA(dim: int) -> pa.Schema:
-    """One row per distinct sequence; `embedding` is null unless status == "ok"."""
+def EMBEDDINGS_SCHEMA(
+    dim: int,
+    *,
+    layers: Sequence[int] = (),
+    bos: bool = False,
+    per_residue: bool = False,
+    lm_score: str = "none",
+    windowed: bool = False,
+) -> pa.Schema:
+    """One row per distinct sequence; every column after `status` is null unless ok.
+
+    The columns follow what `esmpipe embed` was asked for: `embedding` (the mean of
+    the first requested layer) always; `bos`, `per_residue` (one float16 vector per
+    residue) when included; `layer_<N>` (the mean of each further layer N);
+    `mean_log_prob` (lm_score unmasked or pseudo), `pseudo_perplexity` (pseudo);
+    `windowed` (the embed command always writes it; off only for older callers).
+    """
     if dim <= 0:
         raise ValueError(f"embedding dimension must be positive, got {dim}")
-    return pa.schema(
-        [
-            pa.field("seq_hash", pa.string(), nullable=False),
-            pa.field("length", pa.int32(), nullable=False),
-            pa.field("status", pa.string(), nullable=False),
-            pa.field("embedding", pa.list_(pa.float32(), dim)),
-        ]
-    )
+    if lm_score not in ("none", "unmasked", "pseudo"):
+        raise ValueError(f"lm_score must be none, unmasked or pseudo, got {lm_score!r}")
+    fields = [
+        pa.field("seq_hash", pa.string(), nullable=False),
+        pa.field("length", pa.int32(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32(), dim)),
+    ]
+    if bos:
+        fields.append(pa.field("bos", pa.list_(pa.float32(), dim)))
+    if per_residue:
+        fields.append(pa.field("per_residue", pa.list_(pa.list_(pa.float16(), dim))))
+    fields.extend(pa.field(f"layer_{n}", pa.list_(pa.float32(), dim)) for n in layers)
+    if lm_score != "none":
+        fields.append(pa.field("mean_log_prob", pa.float32()))
+    if lm_score == "pseudo":
+        fields.append(pa.field("pseudo_perplexity", pa.float32()))
+    if windowed:
+        fields.append(pa.field("windowed", pa.bool_()))
+    return pa.schema(fields)
 
 
 # One row per distinct sequence; every column but the first three is null unless ok.
@@ -180,6 +207,24 @@ def embedding_array(vectors: Sequence[np.ndarray | None], dim: int) -> pa.FixedS
     return pa.FixedSizeListArray.from_arrays(
         pa.array(values.reshape(-1)), dim, mask=pa.array(missing)
     )
+
+def per_residue_array(matrices: Sequence[np.ndarray | None], dim: int) -> pa.ListArray:
+    """list<fixed_size_list<float16>[dim]> from [L, dim] matrices (None -> null): one
+    contiguous buffer of values plus offsets, no Python list per residue."""
+    lengths = np.array([0 if m is None else m.shape[0] for m in matrices], dtype=np.int32)
+    for i, matrix in enumerate(matrices):
+        if matrix is not None and (matrix.ndim != 2 or matrix.shape[1] != dim):
+            raise ValueError(
+                f"per-residue matrix {i} has shape {matrix.shape}, expected (L, {dim})"
+            )
+    present = [m.astype(np.float16, copy=False).reshape(-1) for m in matrices if m is not None]
+    values = np.concatenate(present) if present else np.zeros(0, dtype=np.float16)
+    rows = pa.FixedSizeListArray.from_arrays(pa.array(values, type=pa.float16()), dim)
+    offsets = np.zeros(len(matrices) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    mask = pa.array([m is None for m in matrices])
+    return pa.ListArray.from_arrays(pa.array(offsets), rows, mask=mask)
+
 
 @contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:

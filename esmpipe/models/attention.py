@@ -5,6 +5,12 @@ fairseq code does so, and the reference reproduces it), so the attention itself
 runs with scale 1. Without attention maps the product goes through
 `torch.nn.functional.scaled_dot_product_attention` (fused kernels); with them an
 explicit softmax is used, because SDPA does not return the probabilities.
+
+The packed path (`forward_packed`, inference only) takes the tokens of several
+sequences concatenated without padding, `[T, C]` with sequence boundaries
+`cu_seqlens`: one fused query/key/value projection (the three weights
+concatenated once and cached, the query scale folded in), and attention within
+each sequence only, so no work is spent on padding. See `packed_attention`.
 """
 
 from __future__ import annotations
@@ -14,7 +20,46 @@ from torch import nn
 from torch.nn import functional as F
 
 from esmpipe.models.config import EsmConfig
-from esmpipe.models.rotary import apply_rotary
+from esmpipe.models.rotary import apply_rotary, apply_rotary_packed
+
+
+def _varlen_attn():
+    """torch's variable-length flash attention (CUDA, half precision), or None."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # older torch
+        return None
+    return varlen_attn
+
+
+def packed_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    bounds: list[tuple[int, int]],
+    max_len: int,
+) -> torch.Tensor:
+    """Attention of each sequence to itself: q, k, v [T, H, D] -> context [T, H, D].
+
+    cu_seqlens: int32 [B+1] token offsets (on the tensors' device); bounds: the same
+    as Python (start, end) pairs. On CUDA in half precision one variable-length
+    flash-attention call covers the batch; elsewhere one SDPA call per sequence
+    (on the CPU the per-call cost is small next to the projections).
+    """
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        varlen = _varlen_attn()
+        if varlen is not None:
+            try:
+                return varlen(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, scale=1.0)
+            except (RuntimeError, NotImplementedError):  # e.g. a head size flash lacks
+                pass
+    out = torch.empty_like(q)
+    for start, end in bounds:
+        # [l, H, D] -> [1, H, l, D]
+        qs, ks, vs = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+        out[start:end] = F.scaled_dot_product_attention(qs, ks, vs, scale=1.0)[0].transpose(0, 1)
+    return out
 
 
 class EsmSelfAttention(nn.Module):
@@ -29,6 +74,46 @@ class EsmSelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = config.attention_probs_dropout_prob
         self.rotary = config.position_embedding_type == "rotary"
+        self._fused: tuple | None = None  # (stamp of the six tensors, weight, bias)
+
+    def fused_qkv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """[3C, C] weight and [3C] bias of query (scaled by 1/sqrt(d)), key and value.
+
+        Built once and cached; rebuilt when a projection's tensor is replaced or
+        modified in place (its storage or version counter changes).
+        """
+        params = (self.query.weight, self.key.weight, self.value.weight,
+                  self.query.bias, self.key.bias, self.value.bias)  # fmt: skip
+        stamp = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
+        if self._fused is None or self._fused[0] != stamp:
+            scale = self.head_dim**-0.5
+            with torch.no_grad():
+                weight = torch.cat((params[0] * scale, params[1], params[2]))
+                bias = torch.cat((params[3] * scale, params[4], params[5]))
+            self._fused = (stamp, weight, bias)
+        return self._fused[1], self._fused[2]
+
+    def forward_packed(
+        self,
+        x: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        bounds: list[tuple[int, int]],
+        max_len: int,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """x: [T, C] packed tokens; rotary: cos, sin [T, D] -> context [T, C] (inference)."""
+        tokens = x.shape[0]
+        weight, bias = self.fused_qkv()
+        # [T, C] -> [T, 3, H, D]
+        qkv = F.linear(x, weight, bias).view(tokens, 3, self.num_heads, self.head_dim)
+        if self.rotary:
+            qk = apply_rotary_packed(qkv[:, :2], *rotary)
+            q, k = qk.unbind(1)
+        else:
+            q, k = qkv[:, 0], qkv[:, 1]
+        v = qkv[:, 2]
+        context = packed_attention(q, k, v, cu_seqlens, bounds, max_len)
+        return context.reshape(tokens, self.num_heads * self.head_dim)
 
     def forward(
         self,
@@ -99,3 +184,16 @@ class EsmAttention(nn.Module):
         """x: [B, L, C] -> [B, L, C] and optionally probabilities [B, H, L, L]."""
         context, probs = self.self(self.LayerNorm(x), mask, rotary, output_attentions)
         return self.output(context, x), probs
+
+    def forward_packed(
+        self,
+        x: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        bounds: list[tuple[int, int]],
+        max_len: int,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """x: [T, C] packed tokens -> [T, C] (see `EsmSelfAttention.forward_packed`)."""
+        context = self.self.forward_packed(self.LayerNorm(x), cu_seqlens, bounds, max_len, rotary)
+        out = F.linear(context, self.output.dense.weight, self.output.dense.bias)
+        return out.add_(x)

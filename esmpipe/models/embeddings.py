@@ -92,3 +92,28 @@ class EsmEmbeddings(nn.Module):
             embeddings = (embeddings * attention_mask.unsqueeze(-1)).to(embeddings.dtype)
         # NOTE: the reference defines an embedding dropout but never applies it; neither do we.
         return embeddings
+
+    def forward_packed(
+        self, input_ids: torch.Tensor, seq_index: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """Packed tokens without padding: input_ids, seq_index (the sequence each token
+        belongs to), positions (0-based within its sequence), all [T] -> [T, C].
+
+        The same values as `forward` gives each sequence's real tokens: token dropout
+        counts the masks per sequence, absolute positions start at padding_idx + 1.
+        """
+        embeddings = self.word_embeddings(input_ids)
+        if self.token_dropout:
+            is_mask = input_ids == self.mask_token_id
+            embeddings = embeddings.masked_fill(is_mask.unsqueeze(-1), 0.0)
+            n_seqs = int(seq_index[-1]) + 1 if seq_index.numel() else 0
+            # [B]: tokens and masks per sequence
+            lengths = torch.bincount(seq_index, minlength=n_seqs).float()
+            masks = torch.bincount(seq_index, weights=is_mask.float(), minlength=n_seqs)
+            scale = (1 - MASK_RATIO_TRAIN) / (1 - masks / lengths)
+            embeddings = (embeddings * scale[seq_index, None]).to(embeddings.dtype)
+        if self.position_embedding_type == "absolute":
+            embeddings = embeddings + self.position_embeddings(positions + self.padding_idx + 1)
+        if self.layer_norm is not None:
+            embeddings = self.layer_norm(embeddings)
+        return embeddings

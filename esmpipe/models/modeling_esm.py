@@ -11,15 +11,22 @@
 `EsmForMaskedLM`, `EsmForSequenceClassification` and `EsmForTokenClassification`
 wrap an `EsmModel` under the prefix `esm.`. Not supported (the ESM checkpoints
 never use them): decoder mode and cross-attention.
+
+`EsmModel.forward_packed` is the inference path of the embedding engine: the
+tokens of several sequences concatenated without padding, attention within
+each sequence, and only the hidden states asked for, the forward stopping at
+the deepest of them. Its values equal `forward`'s at the real tokens.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection, Sequence
 
 import torch
 from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from torch.nn import functional as F
 
 from esmpipe.models.attention import EsmAttention
 from esmpipe.models.config import EsmConfig
@@ -111,6 +118,19 @@ class EsmLayer(nn.Module):
         """x: [B, L, C] -> [B, L, C], attention probabilities [B, H, L, L] or None."""
         x, probs = self.attention(x, mask, rotary, output_attentions)
         return self.output(self.intermediate(self.LayerNorm(x)), x), probs
+
+    def forward_packed(
+        self,
+        x: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        bounds: list[tuple[int, int]],
+        max_len: int,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """x: [T, C] packed tokens -> [T, C] (inference; see `EsmModel.forward_packed`)."""
+        x = self.attention.forward_packed(x, cu_seqlens, bounds, max_len, rotary)
+        h = self.intermediate(self.LayerNorm(x))
+        return F.linear(h, self.output.dense.weight, self.output.dense.bias).add_(x)
 
 
 class EsmEncoder(nn.Module):
@@ -221,6 +241,52 @@ class EsmModel(EsmPreTrainedModel):
         pooled = self.pooler(x) if self.pooler is not None else None
         out = BaseModelOutputWithPooling(x, pooled, hidden_states, attentions)
         return out if return_dict else out.to_tuple()
+
+    def forward_packed(
+        self,
+        input_ids: torch.Tensor,
+        lengths: Sequence[int],
+        keep: Collection[int],
+    ) -> dict[int, torch.Tensor]:
+        """Hidden states of packed sequences, without padding (inference only).
+
+        input_ids: [T], the tokens of each sequence (specials included) one after
+        the other; lengths: tokens per sequence (sum T); keep: indices into the
+        reference's `hidden_states` (0 the embeddings, k the output of layer k, N
+        the final normed output, i.e. `last_hidden_state`).
+        Returns {k: [T, C]} for each k in keep; layers past max(keep) do not run.
+        """
+        n_layers = len(self.encoder.layer)
+        keep = set(keep)
+        if not keep or min(keep) < 0 or max(keep) > n_layers:
+            raise ValueError(f"keep: hidden-state indices within 0..{n_layers}, got {sorted(keep)}")
+        device = input_ids.device
+        bounds, start = [], 0
+        for n in lengths:
+            bounds.append((start, start + n))
+            start += n
+        if start != input_ids.shape[0]:
+            raise ValueError(f"lengths sum to {start}, input_ids has {input_ids.shape[0]}")
+        lengths_t = torch.as_tensor(list(lengths), device=device)
+        # [T]: the sequence of each token and its position within it
+        seq_index = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths_t)
+        offsets = torch.cumsum(lengths_t, 0) - lengths_t
+        positions = torch.arange(start, device=device) - offsets[seq_index]
+        cu_seqlens = F.pad(torch.cumsum(lengths_t, 0), (1, 0)).to(torch.int32)
+        max_len = max(lengths, default=0)
+
+        x = self.embeddings.forward_packed(input_ids, seq_index, positions)
+        rotary = None
+        if self.rotary_embeddings is not None:
+            rotary = self.rotary_embeddings(x, positions)
+        out: dict[int, torch.Tensor] = {}
+        deepest = max(keep)
+        for index, layer in enumerate(self.encoder.layer[: min(deepest, n_layers)]):
+            if index in keep:
+                out[index] = x
+            x = layer.forward_packed(x, cu_seqlens, bounds, max_len, rotary)
+        out[deepest] = x if deepest < n_layers else self.encoder.emb_layer_norm_after(x)
+        return out
 
     def predict_contacts(
         self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None

@@ -40,6 +40,20 @@ def apply_rotary(
     return q_out.to(q.dtype), k_out.to(k.dtype)
 
 
+def apply_rotary_packed(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate packed queries and keys together: qk [T, 2, H, D]; cos, sin [T, D].
+
+    The same arithmetic as `apply_rotary` (fp32, cast back), one pass for both.
+    """
+    # [T, 1, 1, D]
+    cos = cos[:, None, None].float()
+    sin = sin[:, None, None].float()
+    x = qk.float()
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return (x * cos + rotated * sin).to(qk.dtype)
+
+
 class EsmRotaryEmbedding(nn.Module):
     """cos/sin tables for given position ids."""
 

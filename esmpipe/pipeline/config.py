@@ -9,6 +9,7 @@ Defaults declared in the schema are filled in, so a config with only `samples`,
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,3 +175,29 @@ def read_sample_sheet(path: str | os.PathLike, schema: dict) -> list[Sample]:
     if not samples:
         raise ConfigError(f"sample sheet {sheet} lists no samples")
     return samples
+
+
+def cli_supports(command: str, option: str, choice: str | None = None) -> bool:
+    """Whether the installed `esmpipe COMMAND` has `option` (and, given, that `choice` of it).
+
+    The workflow uses options that parts of the project add over time only once the
+    installed command line has them.
+    """
+    command_parser = _command_parsers().get(command)
+    if command_parser is None:
+        return False
+    for action in command_parser._actions:
+        if option in action.option_strings:
+            return choice is None or (action.choices is not None and choice in action.choices)
+    return False
+
+
+@functools.cache
+def _command_parsers() -> dict[str, Any]:
+    import argparse
+
+    from esmpipe.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)

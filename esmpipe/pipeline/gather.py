@@ -2,34 +2,58 @@
 
 - `results/embeddings/`, `results/structures/`: one row per distinct sequence of
   the current cohort that the stage computed successfully, taken from the
-  stage's cache parts (old runs' and this run's), streamed into numbered files.
+  stage's cache parts (old runs' and this run's). One file (or a few, past
+  `rows_per_file`) per cache part, `<part>-NNNNN.parquet`, each carrying the
+  metadata of its own part (model identity, precision, output version, ...) under
+  "parts". A file whose part and selection of rows did not change since the last
+  gather is kept as it was (a hard link: same inode, no bytes rewritten), so an
+  incremental run writes in proportion to what is new.
 - `results/proteins/`: one row per input record (never fewer), the ingest rows
-  with each stage's status and an overall `status`.
+  with each stage's status, an overall `status` and, for sequences whose shard
+  failed (`--allow-missing`), the `log` to read.
+- `results/contigs/`: the contigs tables of the contig samples, concatenated.
 
-Each table is a folder of `part-NNNNN.parquet` files: `pyarrow.dataset.dataset(folder)`
-and DuckDB's `read_parquet('folder/*.parquet')` read it as one table.
+Each table is a folder of Parquet files: `pyarrow.dataset.dataset(folder)` and
+DuckDB's `read_parquet('folder/*.parquet')` read it as one table. Joins and
+scans go through DuckDB (`esmpipe.pipeline.duck`) or stream part by part, so
+memory stays bounded however large the cohort.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import shutil
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import esmpipe
-from esmpipe.io.tables import atomic_dir, read_metadata, write_parquet_atomic, write_parts
+from esmpipe import status as st
+from esmpipe.io import tables
+from esmpipe.io.tables import atomic_dir, atomic_path, read_metadata, schema_with_metadata
+from esmpipe.pipeline import duck
 from esmpipe.pipeline.config import STAGES
-from esmpipe.pipeline.plan import STAGE_STATUS_SCHEMA, read_manifest
+from esmpipe.pipeline.plan import STAGE_STATUS_SCHEMA, ingest_scan, read_manifest
 
 log = logging.getLogger(__name__)
 
-# Metadata of a cache part that describes that part only (besides input*).
-PER_PART_KEYS = ("max_tokens",)
+# Metadata of a cache part that describes that part's input only.
+INPUT_PREFIX = "input"
+# Version of the layout of gathered stage tables; part of the key under which an
+# earlier gather's file is reused.
+LAYOUT_VERSION = 1
+# The columns of results/contigs, until esmpipe.io.tables defines CONTIGS_SCHEMA.
+_CONTIGS_FALLBACK = pa.schema(
+    [("sample", pa.string()), ("contig", pa.string()), ("length", pa.int64()),
+     ("genes", pa.int32()), ("status", pa.string())]
+)
 
 
 class GatherError(RuntimeError):
@@ -45,92 +69,290 @@ def stage_parts(plan_dir: str | os.PathLike) -> list[Path]:
     return [cache / name for name in names]
 
 
+def log_path(pattern: str | None, stage: str, part: str) -> str | None:
+    """The log of the job that should have written cache part `part` (None: no pattern)."""
+    if pattern is None:
+        return None
+    return pattern.format(stage=stage, shard=Path(part).stem)
+
+
 def gather_stage(
     plan_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
     status_output: str | os.PathLike,
     *,
-    rows_per_file: int = 20000,
+    rows_per_file: int = 200000,
+    allow_missing: bool = False,
+    log_pattern: str | None = None,
+    memory_limit: str | None = None,
+    threads: int | None = None,
 ) -> dict[str, int]:
     """Write the stage's result table for the cohort and a status table.
 
     The result table keeps rows with status "ok" and drops the status column;
-    `status_output` gets (seq_hash, status) for every distinct valid sequence,
-    including those too long for the stage. Returns counts by status.
+    `status_output` gets (seq_hash, status, log) for every distinct valid
+    sequence, including those too long for the stage. With `allow_missing`, a
+    missing cache part (its job failed after every retry) or a sequence absent
+    from its part gives status `not_computed` and the job's log
+    (`log_pattern`, e.g. "logs/{stage}/{shard}.log") instead of an error.
+    Returns counts by status.
     """
     manifest = read_manifest(plan_dir)
-    cohort = pq.read_table(Path(plan_dir) / "cohort.parquet")
-    # seq_hash -> the part the plan chose for its result. Other parts of the cache
-    # may hold other results for it (an earlier failure, another cohort's run).
-    assigned = dict(
-        zip(cohort["seq_hash"].to_pylist(), cohort["part"].to_pylist(), strict=True)
-    )
+    stage = manifest["stage"]
+    cache = Path(manifest["cache_dir"])
     parts = stage_parts(plan_dir)
     missing = [str(p) for p in parts if not p.is_file()]
-    if missing:
+    if missing and not allow_missing:
         raise GatherError(
-            f"{manifest['stage']}: cache part(s) {', '.join(missing)} missing (deleted since "
-            "planning?); plan again: snakemake ... --forcerun plan"
+            f"{stage}: cache part(s) {', '.join(missing)} missing (deleted since "
+            "planning, or their jobs failed); plan again: snakemake ... --forcerun plan, "
+            "or gather what finished with --allow-missing"
         )
-
-    # The result table has the parts' columns but `status` (only ok rows are kept).
-    schema = pa.schema([("seq_hash", pa.string()), ("length", pa.int32())])
-    if parts:
-        schema = pa.schema([f for f in pq.read_schema(parts[0]) if f.name != "status"])
-    status: dict[str, str] = {}
-
-    def ok_batches() -> Iterator[pa.RecordBatch]:
-        for part in parts:
-            for batch in pq.ParquetFile(part).iter_batches(batch_size=1024):
-                hashes = batch.column("seq_hash").to_pylist()
-                statuses = batch.column("status").to_pylist()
-                keep = []
-                for i, (h, s) in enumerate(zip(hashes, statuses, strict=True)):
-                    if assigned.get(h) == part.name and h not in status:
-                        status[h] = s
-                        if s == "ok":
-                            keep.append(i)
-                if keep:
-                    yield batch.take(pa.array(keep)).drop_columns(["status"])
-
-    metadata: dict = {}
-    if parts:
-        # Run settings (model, revision, dtype, device, ...) are the same in every part
-        # of a cache folder; what describes one shard's input is left out.
-        metadata.update(
-            (k, v) for k, v in read_metadata(parts[0]).items()
-            if not k.startswith("input") and k not in PER_PART_KEYS
-        )
-    metadata.update(
-        {
-            "stage": manifest["stage"],
-            "settings": manifest["settings"],
-            "settings_key": manifest["settings_key"],
-            "esmpipe_version": esmpipe.__version__,
-            "cache_parts": len(parts),
-        }
-    )
-    with atomic_dir(output_dir) as out:
-        rows = write_parts(ok_batches(), schema, out, metadata, rows_per_file)
-        lost = sorted(h for h, part in assigned.items() if part is not None and h not in status)
-        if lost:
-            example = Path(manifest["cache_dir"]) / assigned[lost[0]]
-            raise GatherError(
-                f"{manifest['stage']}: {len(lost)} sequence(s) planned but absent from their "
-                f"cache parts (e.g. {lost[0]} in {example}); plan again: "
-                "snakemake ... --forcerun plan"
-            )
-    for h in cohort.filter(pc.field("plan") == "too_long")["seq_hash"].to_pylist():
-        status[h] = "too_long"
-    status_table = pa.table(
-        {"seq_hash": list(status), "status": list(status.values())}, schema=STAGE_STATUS_SCHEMA
-    ).sort_by("seq_hash")
-    write_parquet_atomic(status_table, status_output, {"stage": manifest["stage"]})
+    present = [p for p in parts if p.is_file()]
+    schema = _result_schema(present)
+    common = {
+        "stage": stage,
+        "settings": manifest["settings"],
+        "settings_key": manifest["settings_key"],
+        "esmpipe_version": esmpipe.__version__,
+    }
+    fingerprint = hashlib.sha256(schema.to_string(show_schema_metadata=False).encode())
+    base_key = {"layout": LAYOUT_VERSION, "settings_key": manifest["settings_key"],
+                "schema": fingerprint.hexdigest()[:16]}
+    previous = _reusable_files(Path(output_dir))
     counts: dict[str, int] = {}
-    for s in status.values():
-        counts[s] = counts.get(s, 0) + 1
-    log.info("%s: %d result rows; statuses %s", manifest["stage"], rows, counts)
+    output_dir = Path(output_dir)
+    written = reused = 0
+    with duck.session(output_dir, memory_limit=memory_limit, threads=threads) as con, \
+            atomic_dir(output_dir) as out, atomic_path(status_output) as status_tmp, \
+            pq.ParquetWriter(status_tmp, schema_with_metadata(STAGE_STATUS_SCHEMA,
+                                                              {"stage": stage}),
+                             **duck.WRITE_OPTIONS) as status_writer:
+
+        def record(hashes: pa.Array, status: pa.Array, logs: pa.Array | None = None) -> None:
+            n = len(hashes)
+            if not n:
+                return
+            if logs is None:
+                logs = pa.nulls(n, pa.string())
+            status_writer.write_table(pa.table([hashes, status, logs],
+                                               schema=STAGE_STATUS_SCHEMA))
+            for value, count in zip(*np.unique(status.to_numpy(zero_copy_only=False),
+                                               return_counts=True), strict=True):
+                counts[str(value)] = counts.get(str(value), 0) + int(count)
+
+        def not_computed(hashes: pa.Array, part: str) -> None:
+            where = log_path(log_pattern, stage, part)
+            record(hashes, pa.array([st.NOT_COMPUTED] * len(hashes), pa.string()),
+                   pa.array([where] * len(hashes), pa.string()))
+
+        cohort = Path(plan_dir) / "cohort.parquet"
+        for part_name, assigned in _assigned_by_part(con, cohort):
+            path = cache / part_name
+            if not path.is_file():
+                not_computed(assigned, part_name)
+                continue
+            stat = path.stat()
+            key = dict(base_key, part=part_name, size=stat.st_size, mtime_ns=stat.st_mtime_ns,
+                       selection=_digest(assigned))
+            old = previous.get(json.dumps(key, sort_keys=True))
+            if old:
+                for i, file in enumerate(old):
+                    _link(file, out / _file_name(part_name, i))
+                reused += len(old)
+                found_hashes, found_status = _part_statuses(path, assigned)
+            else:
+                part_meta = {k: v for k, v in read_metadata(path).items()
+                             if not k.startswith(INPUT_PREFIX)}
+                metadata = {**part_meta, **common, "parts": [{"part": part_name, **part_meta}],
+                            "source": key}
+                found_hashes, found_status, files = _copy_part(
+                    path, assigned, schema, metadata, out, rows_per_file)
+                written += files
+            record(found_hashes, found_status)
+            if len(found_hashes) < len(assigned):
+                lost = pc.filter(assigned, pc.invert(pc.is_in(assigned, found_hashes)))
+                if not allow_missing:
+                    raise GatherError(
+                        f"{stage}: {len(lost)} sequence(s) planned but absent from their "
+                        f"cache parts (e.g. {lost[0]} in {path}); plan again: "
+                        "snakemake ... --forcerun plan"
+                    )
+                not_computed(lost, part_name)
+        for batch in duck.batches(con, f"SELECT seq_hash FROM read_parquet("
+                                       f"{duck.quote(str(cohort))}) WHERE plan = 'too_long'"):
+            hashes = batch.column(0).cast(pa.string())
+            record(hashes, pa.array([st.TOO_LONG] * len(hashes), pa.string()))
+        if not any(out.iterdir()):
+            # Readers of an empty table still find its columns.
+            with pq.ParquetWriter(out / "empty.parquet",
+                                  schema_with_metadata(schema, {**common, "parts": []})):
+                pass
+    log.info("%s: %d files written, %d kept from the last gather; statuses %s",
+             stage, written, reused, counts)
     return counts
+
+
+def _result_schema(parts: Sequence[Path]) -> pa.Schema:
+    """The parts' columns but `status`, unified over parts (old parts may lack new ones)."""
+    if not parts:
+        return pa.schema([("seq_hash", pa.string()), ("length", pa.int32())])
+    schemas = []
+    seen: set[str] = set()
+    for part in parts:
+        schema = pq.read_schema(part).remove_metadata()
+        text = schema.to_string()
+        if text not in seen:
+            seen.add(text)
+            schemas.append(schema)
+    unified = pa.unify_schemas(schemas, promote_options="permissive")
+    return pa.schema([f for f in unified if f.name != "status"])
+
+
+def _assigned_by_part(con, cohort: Path) -> Iterator[tuple[str, pa.Array]]:
+    """(part name, sorted hashes the plan takes from it) for every part, in name order."""
+    current, pending = None, []
+    sql = (f"SELECT part, seq_hash FROM read_parquet({duck.quote(str(cohort))}) "
+           "WHERE part IS NOT NULL ORDER BY part, seq_hash")
+    for batch in duck.batches(con, sql):
+        names = batch.column(0).to_numpy(zero_copy_only=False)
+        hashes = batch.column(1).cast(pa.string())
+        runs = np.flatnonzero(np.r_[True, names[1:] != names[:-1], True])
+        for a, b in zip(runs[:-1].tolist(), runs[1:].tolist(), strict=True):
+            if names[a] != current and current is not None:
+                yield current, pa.concat_arrays(pending)
+                pending = []
+            current = names[a]
+            pending.append(hashes.slice(a, b - a))
+    if current is not None:
+        yield current, pa.concat_arrays(pending)
+
+
+def _digest(hashes: pa.Array) -> str:
+    """A digest of a sorted list of hashes (which rows a file holds)."""
+    digest = hashlib.sha256()
+    for chunk in range(0, len(hashes), 65536):
+        digest.update("\0".join(hashes.slice(chunk, 65536).to_pylist()).encode())
+        digest.update(b"\1")
+    return digest.hexdigest()[:32]
+
+
+def _first_rows(batch: pa.RecordBatch, assigned: pa.Array, seen: list[pa.Array]) -> pa.Array:
+    """Indices of rows of `batch` the plan takes: assigned here, first occurrence only."""
+    hashes = batch.column("seq_hash")
+    keep = pc.is_in(hashes, value_set=assigned)
+    if seen:
+        keep = pc.and_(keep, pc.invert(pc.is_in(hashes, value_set=pa.concat_arrays(seen))))
+    index = pc.indices_nonzero(keep)
+    if not len(index):
+        return index
+    firsts = pa.table({"h": hashes.take(index), "i": index}).group_by(
+        "h", use_threads=False).aggregate([("i", "min")])
+    first = firsts["i_min"]
+    return pc.take(first, pc.sort_indices(first)).combine_chunks()
+
+
+def _part_statuses(path: Path, assigned: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """(seq_hash, status) of the rows the plan takes from a cache part."""
+    found_h, found_s, seen = [], [], []
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=65536,
+                                                   columns=["seq_hash", "status"]):
+        rows = _first_rows(batch, assigned, seen)
+        if len(rows):
+            found_h.append(batch.column("seq_hash").take(rows))
+            found_s.append(batch.column("status").take(rows))
+            seen.append(found_h[-1])
+    if not found_h:
+        return pa.array([], pa.string()), pa.array([], pa.string())
+    return (pa.concat_arrays(found_h).cast(pa.string()),
+            pa.concat_arrays(found_s).cast(pa.string()))
+
+
+def _copy_part(path: Path, assigned: pa.Array, schema: pa.Schema, metadata: dict, out: Path,
+               rows_per_file: int) -> tuple[pa.Array, pa.Array, int]:
+    """Stream a cache part's ok rows the plan takes into `<part>-NNNNN.parquet` files.
+
+    Returns the hashes and statuses of every row taken, and the number of files.
+    """
+    found_h, found_s, seen = [], [], []
+    target = schema_with_metadata(schema, metadata)
+    writer, in_file, files = None, 0, 0
+    try:
+        batch_rows = max(1, min(4096, rows_per_file))
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+            rows = _first_rows(batch, assigned, seen)
+            if not len(rows):
+                continue
+            taken = batch.take(rows)
+            found_h.append(taken.column("seq_hash").cast(pa.string()))
+            found_s.append(taken.column("status").cast(pa.string()))
+            seen.append(found_h[-1])
+            ok = taken.filter(pc.equal(taken.column("status"), st.OK))
+            if not ok.num_rows:
+                continue
+            if writer is not None and in_file >= rows_per_file:
+                writer.close()
+                writer = None
+            if writer is None:
+                writer = pq.ParquetWriter(out / _file_name(path.name, files), target,
+                                          compression="zstd")
+                files, in_file = files + 1, 0
+            writer.write_table(_conform(pa.Table.from_batches([ok]), target))
+            in_file += ok.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    if not found_h:
+        empty = pa.array([], pa.string())
+        return empty, empty, files
+    return pa.concat_arrays(found_h), pa.concat_arrays(found_s), files
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with the columns of `schema` in its order (absent ones null), cast to it."""
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            columns.append(table[field.name].cast(field.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _file_name(part: str, index: int) -> str:
+    return f"{Path(part).stem}-{index:05d}.parquet"
+
+
+def _reusable_files(folder: Path) -> dict[str, list[Path]]:
+    """Files of an earlier gather by the key they were written under (see gather_stage)."""
+    found: dict[str, list[Path]] = {}
+    if not folder.is_dir():
+        return found
+    for file in sorted(folder.glob("*.parquet")):
+        try:
+            source = read_metadata(file).get("source")
+        except (OSError, pa.ArrowException):
+            continue
+        if isinstance(source, dict):
+            found.setdefault(json.dumps(source, sort_keys=True), []).append(file)
+    return found
+
+
+def _link(source: Path, target: Path) -> None:
+    """Hard-link an earlier gather's file into the new table (copy across file systems)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def table_parts(folder: str | os.PathLike) -> list[dict]:
+    """The metadata of every cache part a gathered stage table holds rows from."""
+    parts: dict[str, dict] = {}
+    for file in sorted(Path(folder).rglob("*.parquet")):
+        for entry in read_metadata(file).get("parts", []):
+            parts.setdefault(entry.get("part", str(file)), entry)
+    return [parts[name] for name in sorted(parts)]
 
 
 def overall_status(ingest_status: str | None, stage_status: Mapping[str, str | None]) -> str:
@@ -139,13 +361,28 @@ def overall_status(ingest_status: str | None, stage_status: Mapping[str, str | N
     A stage's non-ok status becomes `<reason>_for_<stage>` (e.g. too_long_for_fold,
     out_of_memory_for_embed) so the reason says which stage skipped the record.
     """
-    if ingest_status != "ok":
+    if ingest_status != st.OK:
         return ingest_status or "unknown"
     for stage in STAGES:
         s = stage_status.get(stage)
-        if s is not None and s != "ok":
-            return f"{s}_for_{stage}"
-    return "ok"
+        if s is not None and s != st.OK:
+            return st.for_stage(s, stage)
+    return st.OK
+
+
+def _overall_sql(stages: Sequence[str]) -> tuple[str, str]:
+    """SQL of the proteins table's `status` and `log` (`overall_status`, out of core)."""
+    status = ["WHEN i.status IS DISTINCT FROM 'ok' THEN coalesce(i.status, 'unknown')"]
+    logs = []
+    for stage in STAGES:
+        if stage in stages:
+            status.append(f"WHEN s_{stage}.status <> 'ok' THEN "
+                          f"s_{stage}.status || {duck.quote(st.for_stage('', stage))}")
+            logs.append(f"WHEN s_{stage}.status <> 'ok' THEN s_{stage}.log")
+    status_sql = "CASE " + " ".join(status) + " ELSE 'ok' END"
+    log_sql = ("CASE WHEN i.status IS DISTINCT FROM 'ok' THEN NULL " + " ".join(logs)
+               + " END") if logs else "NULL::VARCHAR"
+    return status_sql, log_sql
 
 
 def gather_proteins(
@@ -154,57 +391,140 @@ def gather_proteins(
     output_dir: str | os.PathLike,
     *,
     rows_per_file: int = 500000,
+    memory_limit: str | None = None,
+    threads: int | None = None,
 ) -> int:
     """Write the proteins table (one row per input record); returns its row count.
 
     Columns: the ingest columns, `embed_status` and `fold_status` (null where the
-    record never reached the stage or the stage is off) and `status`.
+    record never reached the stage or the stage is off), `status` and `log` (the
+    log of the job that did not compute the record, else null).
     """
-    tables = [pq.read_table(p) for p in ingest_tables]
-    proteins = pa.concat_tables(tables, promote_options="default") if tables else None
-    if proteins is None:
+    paths = [str(p) for p in ingest_tables]
+    if not paths:
         raise GatherError("no ingest tables to gather")
-    stage_maps: dict[str, dict[str, str]] = {}
-    for stage, path in status_tables.items():
-        t = pq.read_table(path)
-        stage_maps[stage] = dict(
-            zip(t["seq_hash"].to_pylist(), t["status"].to_pylist(), strict=True)
+    stages = [s for s in STAGES if s in status_tables]
+    ingest_schema = _ingest_schema(paths)
+    status_sql, log_sql = _overall_sql(stages)
+    joins, checks = [], []
+    for stage in stages:
+        path = str(status_tables[stage])
+        has_log = "log" in pq.read_schema(path).names
+        joins.append(
+            f"LEFT JOIN (SELECT seq_hash, status, {'log' if has_log else 'NULL::VARCHAR AS log'} "
+            f"FROM read_parquet({duck.quote(path)})) s_{stage} "
+            f"ON i.status = 'ok' AND i.seq_hash = s_{stage}.seq_hash"
         )
+        checks.append(f"WHEN i.status = 'ok' AND s_{stage}.seq_hash IS NULL "
+                      f"THEN {duck.quote(stage)}")
+    stage_cols = ", ".join(
+        f"s_{stage}.status AS {stage}_status" if stage in stages
+        else f"NULL::VARCHAR AS {stage}_status" for stage in STAGES)
+    missing_sql = ("CASE " + " ".join(checks) + " END") if checks else "NULL::VARCHAR"
+    sql = (f"SELECT i.* EXCLUDE (status), {stage_cols}, {status_sql} AS status, "
+           f"{log_sql} AS log, {missing_sql} AS _missing "
+           f"FROM {ingest_scan(paths)} i {' '.join(joins)}")
+    schema = pa.schema(
+        [f for f in ingest_schema if f.name != "status"]
+        + [pa.field(f"{stage}_status", pa.string()) for stage in STAGES]
+        + [pa.field("status", pa.string()), pa.field("log", pa.string())]
+    )
+    metadata = {"table": "proteins", "stages": sorted(status_tables),
+                "esmpipe_version": esmpipe.__version__}
 
-    hashes = proteins["seq_hash"].to_pylist()
-    ingest_status = proteins["status"].to_pylist()
-    stage_cols: dict[str, list[str | None]] = {stage: [] for stage in STAGES}
-    overall: list[str] = []
-    for i, (h, s) in enumerate(zip(hashes, ingest_status, strict=True)):
-        row: dict[str, str | None] = {}
-        for stage in STAGES:
-            value = None
-            if s == "ok" and stage in stage_maps:
-                value = stage_maps[stage].get(h)
-                if value is None:
-                    record = f"{proteins['sample'][i]}/{proteins['protein_id'][i]}"
-                    raise GatherError(
-                        f"{status_tables[stage]}: no {stage} status for record {record} "
-                        f"(seq_hash {h}); the plan is out of date: snakemake ... --forcerun plan"
-                    )
-            row[stage] = value
-            stage_cols[stage].append(value)
-        overall.append(overall_status(s, row))
+    def checked(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
+        for batch in batches:
+            missing = batch.column("_missing")
+            if missing.null_count < len(missing):
+                i = pc.index(pc.is_valid(missing), True).as_py()
+                stage = missing[i].as_py()
+                record = f"{batch.column('sample')[i]}/{batch.column('protein_id')[i]}"
+                raise GatherError(
+                    f"{status_tables[stage]}: no {stage} status for record {record} "
+                    f"(seq_hash {batch.column('seq_hash')[i]}); the plan is out of date: "
+                    "snakemake ... --forcerun plan"
+                )
+            yield _conform(pa.Table.from_batches([batch]), schema)
 
-    proteins = proteins.drop_columns(["status"])
-    for stage in STAGES:
-        proteins = proteins.append_column(
-            pa.field(f"{stage}_status", pa.string()), pa.array(stage_cols[stage], pa.string())
-        )
-    proteins = proteins.append_column(pa.field("status", pa.string()), pa.array(overall))
+    output_dir = Path(output_dir)
+    with duck.session(output_dir, memory_limit=memory_limit, threads=threads,
+                      ordered=True) as con, atomic_dir(output_dir) as out:
+        rows = write_files(checked(duck.batches(con, sql)), schema, out, metadata,
+                           rows_per_file)
+    log.info("proteins: %d rows", rows)
+    return rows
 
-    metadata = {
-        "table": "proteins",
-        "stages": sorted(status_tables),
-        "esmpipe_version": esmpipe.__version__,
-    }
+
+def _ingest_schema(paths: Sequence[str]) -> pa.Schema:
+    """The ingest tables' columns: PROTEINS_SCHEMA's, then any others the files hold."""
+    first = pq.read_schema(paths[0]).remove_metadata()
+    fields = list(tables.PROTEINS_SCHEMA)
+    names = {f.name for f in fields}
+    fields += [f for f in first if f.name not in names]
+    return pa.schema(fields)
+
+
+def write_files(
+    pieces: Iterable[pa.Table],
+    schema: pa.Schema,
+    folder: Path,
+    metadata: dict,
+    rows_per_file: int,
+    prefix: str = "part",
+) -> int:
+    """Stream tables into `folder/<prefix>-00000.parquet`, ... (at least one file)."""
+    target = schema_with_metadata(schema, metadata)
+    rows = in_file = index = 0
+    writer = None
+    try:
+        for piece in pieces:
+            if not piece.num_rows:
+                continue
+            if writer is not None and in_file >= rows_per_file:
+                writer.close()
+                writer = None
+            if writer is None:
+                writer = pq.ParquetWriter(folder / f"{prefix}-{index:05d}.parquet", target,
+                                          **duck.WRITE_OPTIONS)
+                index, in_file = index + 1, 0
+            writer.write_table(piece)
+            in_file += piece.num_rows
+            rows += piece.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    if index == 0:
+        with pq.ParquetWriter(folder / f"{prefix}-00000.parquet", target):
+            pass
+    return rows
+
+
+def contigs_path(ingest_table: str | os.PathLike) -> Path:
+    """`work/ingest/S.parquet` -> `work/ingest/S.contigs.parquet` (contig samples only)."""
+    path = Path(ingest_table)
+    return path.with_name(path.name.removesuffix(".parquet") + ".contigs.parquet")
+
+
+def gather_contigs(
+    ingest_tables: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    *,
+    rows_per_file: int = 500000,
+) -> int:
+    """Concatenate the samples' contigs tables into `output_dir`; returns the row count.
+
+    A sample without a contigs file is a protein sample and is skipped.
+    """
+    schema = getattr(tables, "CONTIGS_SCHEMA", _CONTIGS_FALLBACK)
+    files = [p for p in map(contigs_path, ingest_tables) if p.is_file()]
+
+    def pieces() -> Iterator[pa.Table]:
+        for file in files:
+            yield _conform(pq.read_table(file), schema)
+
     with atomic_dir(output_dir) as out:
-        write_parts(proteins.to_batches(max_chunksize=65536), proteins.schema, out, metadata,
-                    rows_per_file)
-    log.info("proteins: %d rows", proteins.num_rows)
-    return proteins.num_rows
+        rows = write_files(pieces(), schema, out,
+                           {"table": "contigs", "esmpipe_version": esmpipe.__version__},
+                           rows_per_file)
+    log.info("contigs: %d rows from %d contigs files", rows, len(files))
+    return rows

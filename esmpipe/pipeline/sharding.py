@@ -22,16 +22,26 @@ sorted by length so the inference engine pads little.
 
 A shard's id is a digest of its member hashes and the stage settings, so the same
 work under the same settings always has the same name (the cache key).
+
+At cohort scale the items never sit in Python lists: the planner streams them
+from DuckDB in LPT order and `Balancer` deals out each run of equal lengths at
+once with numpy. Items of one length have one cost c, and the heap's choices for
+them are the smallest of the slots (load_b + t * c, b), t = 0, 1, ... of every
+shard b, so a run of k items takes the k smallest slots: the same shards as the
+heap, item for item (up to rounding in the last bit of a load).
 """
 
 from __future__ import annotations
 
 import hashlib
-import heapq
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 
 def sequence_cost(length: int, exponent: float) -> float:
@@ -82,23 +92,14 @@ def make_shards(
     hashes = [h for h, _ in items]
     if len(set(hashes)) != len(hashes):
         raise ValueError("make_shards needs distinct seq_hashes")
-    costed = sorted(
-        ((sequence_cost(length, exponent), h, length) for h, length in items),
-        key=lambda t: (-t[0], t[1]),
-    )
-    total = sum(c for c, _, _ in costed)
-    n_shards = max(1, math.ceil(total / shard_size))
-    # NOTE: more shards than sequences would leave some empty.
-    n_shards = min(n_shards, len(costed))
-    # Heap of (load, shard index): the cheapest shard so far takes the next item.
-    heap = [(0.0, i) for i in range(n_shards)]
-    members: list[list[tuple[int, str]]] = [[] for _ in range(n_shards)]
-    loads = [0.0] * n_shards
-    for cost, h, length in costed:
-        load, i = heapq.heappop(heap)
-        members[i].append((length, h))
-        loads[i] = load + cost
-        heapq.heappush(heap, (loads[i], i))
+    order = sorted(items, key=lambda t: (-t[1], t[0]))
+    lengths = np.array([length for _, length in order], dtype=np.int64)
+    costs = sequence_costs(lengths, exponent)
+    balancer = Balancer(shard_count(costs, len(order), shard_size))
+    bins = balancer.assign(lengths, exponent)
+    members: list[list[tuple[int, str]]] = [[] for _ in range(balancer.n_shards)]
+    for (h, length), b in zip(order, bins.tolist(), strict=True):
+        members[b].append((length, h))
     shards = []
     for i, group in enumerate(members):
         group.sort()
@@ -107,10 +108,139 @@ def make_shards(
                 shard_id=shard_id([h for _, h in group], key),
                 seq_hashes=tuple(h for _, h in group),
                 lengths=tuple(length for length, _ in group),
-                cost=loads[i],
+                cost=float(balancer.loads[i]),
             )
         )
     return sorted(shards, key=lambda s: s.shard_id)
+
+
+def sequence_costs(lengths: np.ndarray, exponent: float) -> np.ndarray:
+    """`sequence_cost` of every length, as float64."""
+    return (np.maximum(lengths, 1).astype(np.float64) / 100.0) ** exponent
+
+
+def shard_count(costs: np.ndarray | float, n_items: int, shard_size: float) -> int:
+    """ceil(total cost / shard_size), at least one, never more than the items."""
+    if shard_size <= 0:
+        raise ValueError(f"shard_size must be positive, got {shard_size}")
+    total = float(np.sum(costs)) if isinstance(costs, np.ndarray) else float(costs)
+    # NOTE: more shards than sequences would leave some empty.
+    return max(1, min(math.ceil(total / shard_size), n_items))
+
+
+class Balancer:
+    """The LPT rule over a stream of items in order of (cost descending, seq_hash).
+
+    `assign` may be called on consecutive slices of the stream; it keeps only the
+    shard loads, so memory does not grow with the number of items.
+    """
+
+    def __init__(self, n_shards: int) -> None:
+        if n_shards < 1:
+            raise ValueError(f"need at least one shard, got {n_shards}")
+        self.n_shards = n_shards
+        self.loads = np.zeros(n_shards, dtype=np.float64)
+
+    def assign(self, lengths: np.ndarray, exponent: float) -> np.ndarray:
+        """The shard index of each item (lengths non-increasing across all calls)."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        out = np.empty(len(lengths), dtype=np.int32)
+        if not len(lengths):
+            return out
+        if np.any(np.diff(lengths) > 0):
+            raise ValueError("Balancer.assign needs lengths in non-increasing order")
+        starts = np.flatnonzero(np.r_[True, lengths[1:] != lengths[:-1]])
+        ends = np.r_[starts[1:], len(lengths)]
+        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+            cost = float(sequence_costs(lengths[start:start + 1], exponent)[0])
+            out[start:end] = self._take(end - start, cost)
+        return out
+
+    def _take(self, k: int, cost: float) -> np.ndarray:
+        """Shards of k items of equal cost: the k smallest slots (load + t * cost, shard)."""
+        n = self.n_shards
+        # A level with at least k slots at or below it: the k-th smallest load (k
+        # shards have their first slot there), or one every shard reaches k / n times.
+        if k <= n:
+            hi = float(np.partition(self.loads, k - 1)[k - 1])
+        else:
+            hi = float(self.loads.max()) + cost * math.ceil(k / n)
+        # Only shards loaded up to that level hold candidate slots.
+        near = np.flatnonzero(self.loads <= hi)
+        loads = self.loads[near]
+        lo = float(loads.min())
+        # Lower the level while it keeps k slots (bisection), to keep few candidates.
+        for _ in range(64):
+            mid = (lo + hi) / 2
+            if mid <= lo or mid >= hi:
+                break
+            found = _slots_below(loads, mid, cost).sum()
+            if found >= k:
+                hi = mid
+                if found == k:
+                    break
+            else:
+                lo = mid
+        counts = _slots_below(loads, hi, cost)
+        local = np.repeat(np.arange(len(near)), counts)
+        # t = 0, 1, ... within each shard's run of slots.
+        first = np.repeat(np.cumsum(counts) - counts, counts)
+        t = np.arange(len(local), dtype=np.int64) - first
+        # Rounded, so that loads equal but for rounding tie, and the lower index wins.
+        value = np.round(loads[local] + t * cost, 9)
+        chosen = near[local[np.lexsort((local, value))[:k]]]
+        self.loads = self.loads + np.bincount(chosen, minlength=n) * cost
+        return chosen.astype(np.int32)
+
+
+def _slots_below(loads: np.ndarray, level: float, cost: float) -> np.ndarray:
+    """Per shard, the number of slots load + t * cost <= level."""
+    room = np.floor((level - loads) / cost) + 1
+    return np.maximum(room, 0).astype(np.int64)
+
+
+class ShardDigests:
+    """Shard ids from (shard index, seq_hash) pairs streamed sorted by both.
+
+    The same digest as `shard_id`: sha256 of the settings key, then b"\\0" + hash
+    for every member in hash order.
+    """
+
+    def __init__(self, n_shards: int, key: str) -> None:
+        self._hashers = [hashlib.sha256(key.encode()) for _ in range(n_shards)]
+
+    def update(self, shards: np.ndarray, hashes: pa.Array) -> None:
+        if not len(hashes):
+            return
+        widths = pc.utf8_length(hashes)
+        width = pc.min(widths).as_py()
+        runs = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1], True])
+        if width == pc.max(widths).as_py() and width and not hashes.null_count:
+            # Fixed-width hashes: one buffer of b"\0" + hash records, hashed per run.
+            data = np.frombuffer(_ascii_bytes(hashes), dtype=np.uint8)
+            records = np.zeros((len(hashes), width + 1), dtype=np.uint8)
+            records[:, 1:] = data.reshape(len(hashes), width)
+            for a, b in zip(runs[:-1].tolist(), runs[1:].tolist(), strict=True):
+                self._hashers[int(shards[a])].update(records[a:b].tobytes())
+            return
+        values = hashes.to_pylist()
+        for a, b in zip(runs[:-1].tolist(), runs[1:].tolist(), strict=True):
+            hasher = self._hashers[int(shards[a])]
+            for h in values[a:b]:
+                hasher.update(b"\0" + h.encode())
+
+    def ids(self) -> list[str]:
+        return [h.hexdigest()[:20] for h in self._hashers]
+
+
+def _ascii_bytes(strings: pa.Array | pa.ChunkedArray) -> bytes:
+    """The concatenated bytes of a string array's values (no separators)."""
+    if isinstance(strings, pa.ChunkedArray):
+        return b"".join(_ascii_bytes(c) for c in strings.chunks)
+    large = strings.cast(pa.large_string())
+    offsets = np.frombuffer(large.buffers()[1], dtype=np.int64)[
+        large.offset:large.offset + len(large) + 1]
+    return large.buffers()[2].to_pybytes()[offsets[0]:offsets[-1]]
 
 
 def retry_token_budget(max_tokens: int, attempt: int) -> int:

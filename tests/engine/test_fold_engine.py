@@ -11,7 +11,7 @@ import pytest
 import torch
 from Bio.PDB import PDBParser
 
-from esmpipe.engine.fold import Folder
+from esmpipe.engine.fold import FoldingEngine
 from esmpipe.models import EsmForProteinFolding
 from esmpipe.models.esmfold import residue_constants as rc
 
@@ -25,7 +25,7 @@ def model(tiny_esmfold: Path) -> EsmForProteinFolding:
 
 @pytest.fixture(scope="module")
 def batched(model: EsmForProteinFolding) -> list:
-    return Folder(model, max_tokens=10_000, num_recycles=1).fold(SEQUENCES)
+    return FoldingEngine(model, max_tokens=10_000, num_recycles=1).fold(SEQUENCES)
 
 
 def test_summaries_equal_direct_infer(model: EsmForProteinFolding, batched: list) -> None:
@@ -47,8 +47,8 @@ def test_summaries_equal_direct_infer(model: EsmForProteinFolding, batched: list
 def test_batch_composition_and_chunking_do_not_change_results(
     model: EsmForProteinFolding, batched: list
 ) -> None:
-    single = Folder(model, max_tokens=1, num_recycles=1).fold(SEQUENCES)  # one per batch
-    chunked = Folder(model, max_tokens=10_000, num_recycles=1, chunk_size=2).fold(SEQUENCES)
+    single = FoldingEngine(model, max_tokens=1, num_recycles=1).fold(SEQUENCES)  # one per batch
+    chunked = FoldingEngine(model, max_tokens=10_000, num_recycles=1, chunk_size=2).fold(SEQUENCES)
     model.set_chunk_size(None)
     for a, b, c in zip(batched, single, chunked, strict=True):
         for other in (b, c):
@@ -78,6 +78,6 @@ def test_too_long_and_oom(model: EsmForProteinFolding, monkeypatch: pytest.Monke
         return real_infer(sequences, **kwargs)
 
     monkeypatch.setattr(model, "infer", infer)
-    results = Folder(model, max_tokens=10_000, max_length=10, num_recycles=0).fold(SEQUENCES)
+    results = FoldingEngine(model, max_tokens=10_000, max_length=10, num_recycles=0).fold(SEQUENCES)
     assert [r.status for r in results] == ["ok", "too_long", "out_of_memory", "ok"]
     assert results[1].pdb is None and results[2].plddt is None

@@ -35,8 +35,8 @@ def test_minimal_config_gets_defaults(config_schema):
     assert config["fold"]["max_length"] == 1280
     assert config["fold"]["cost_exponent"] == 3
     assert config["embed"]["cost_exponent"] == 1
-    assert config["embed"]["pooling"] == "mean"
-    assert config["embed"]["layer"] == -1
+    assert config["embed"]["layers"] == [-1] and config["embed"]["include"] == ["mean"]
+    assert config["embed"]["lm_score"] == "none" and config["partial"] is False
     assert config["fold"]["dtype"] == "auto"
     assert config["high_confidence"] == {"mean_plddt": 70, "ptm": 0.7}
 

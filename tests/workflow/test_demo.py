@@ -71,7 +71,9 @@ def test_one_result_row_per_distinct_sequence(demo_run):
         sorted((demo_run / "results" / "structures").glob("*.parquet"))[0]
     ).metadata[b"esmpipe"])
     assert meta["model"].endswith("tiny-esmfold")
-    assert meta["settings"]["model"] == {"preset": "tiny-esmfold"}
+    # The cache key: the preset folder's digest, the precision that ran, the engine version.
+    assert meta["settings"]["model_identity"].startswith("sha256:")
+    assert meta["settings"]["dtype"] == "float32" and "output_version" in meta["settings"]
     assert {"revision", "dtype", "num_recycles"} <= set(meta)
 
 
@@ -161,7 +163,8 @@ def test_adding_a_sample_computes_only_new_sequences(demo_run, demo_env, tmp_pat
     assert computed["embed"] == new
     assert computed["fold"] == {h for h in new if lengths[h] <= fold_limit}
     for part in added:
-        bench = workdir / "logs" / "benchmarks" / part.parts[2] / f"{part.stem}.tsv"
+        stage, key = part.parts[2:4]
+        bench = workdir / "logs" / "benchmarks" / stage / key / f"{part.stem}.tsv"
         assert bench.exists()
 
     assert len(proteins) == len(first) + expected_records(workdir)["sample_d"]

@@ -1,31 +1,36 @@
-# ESMFold structures of one shard on one GPU. A retry after a failure (e.g. out
-# of memory) halves the token budget of a batch.
+# ESMFold structures of one shard on one GPU, offline (the model was fetched by
+# `fetch_model`). A retry after a failure halves the token budget of a batch (out
+# of memory) and asks for more runtime (a timeout); it resumes from the shard's
+# last finished batch.
 
 if CONFIG["fold"]:
 
     rule fold:
         input:
             shard="work/plan/fold/shards/{shard}.parquet",
-            model=model_input("fold"),
+            model="work/models/fold.json",
         output:
-            f"{cache_dir('fold')}/{{shard}}.parquet",
+            "results/cache/fold/{key}/{shard}.parquet",
         params:
             model=model_arg("fold"),
             options=optional_args(
-                "fold", ["dtype", "device", "max_length", "num_recycles", "chunk_size"]
+                "fold", ["dtype", "device", "max_length", "chunk_size"]
             ),
+            values=value_args("fold"),
         threads: CONFIG["fold"]["threads"]
         resources:
             gpu=1,
+            runtime=runtime(480),
             # Not a scheduling resource: the per-batch token budget, which only
             # resources may derive from the attempt number.
             max_tokens=token_budget("fold"),
         log:
-            "logs/fold/{shard}.log",
+            "logs/fold/{key}/{shard}.log",
         benchmark:
-            "logs/benchmarks/fold/{shard}.tsv"
-        run:
-            shell(
-                "esmpipe fold {params.model} --input {input.shard} --output {output}"
-                " --max-tokens {resources.max_tokens} {params.options} > {log} 2>&1"
-            )
+            "logs/benchmarks/fold/{key}/{shard}.tsv"
+        conda:
+            ESMPIPE_ENV
+        shell:
+            "HF_HUB_OFFLINE=1 esmpipe fold {params.model} --input {input.shard}"
+            " --output {output} --max-tokens {resources.max_tokens} {params.options}"
+            " {params.values} > {log} 2>&1"

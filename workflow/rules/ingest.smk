@@ -1,5 +1,7 @@
 # One sample's FASTA to a table of records: normalised sequence, status, seq_hash;
-# for contigs, genes called by Prodigal (meta mode) with their coordinates.
+# for contigs, genes called by Prodigal (meta mode) with their coordinates, and a
+# table of the contigs themselves. On a cluster, ingest jobs are tiny: the profile
+# groups them (`group-components`) so that one cluster job ingests many samples.
 
 
 rule ingest:
@@ -9,15 +11,17 @@ rule ingest:
         "work/ingest/{sample}.parquet",
     params:
         type=lambda wildcards: SAMPLES[wildcards.sample].type,
+    group:
+        "ingest"
     resources:
         mem_mb=2000,
-        runtime=60,
+        runtime=runtime(60),
     log:
         "logs/ingest/{sample}.log",
     benchmark:
         "logs/benchmarks/ingest/{sample}.tsv"
-    run:
-        shell(
-            "esmpipe ingest --sample {wildcards.sample} --type {params.type}"
-            " --input {input} --output {output} > {log} 2>&1"
-        )
+    conda:
+        ESMPIPE_ENV
+    shell:
+        "esmpipe ingest --sample {wildcards.sample} --type {params.type}"
+        " --input {input:q} --output {output} > {log} 2>&1"

@@ -1,16 +1,19 @@
 # De-duplicate the cohort and cut the sequences no earlier run computed (under
-# the same settings) into cost-balanced shards. A checkpoint: the shards it
-# writes decide the embed/fold jobs.
+# the same cache key) into cost-balanced shards. A checkpoint: the shards it
+# writes decide the embed/fold jobs. The key record goes in as the settings: its
+# `expect` makes the planner reuse only parts whose metadata match it.
 
 
 checkpoint plan:
     input:
-        expand("work/ingest/{sample}.parquet", sample=sorted(SAMPLES)),
+        ingest=ingest_files(),
+        ingest_list=INGEST_LIST,
+        key="work/keys/{stage}.json",
+        cache_dir="work/keys/{stage}.cache_dir",
     output:
         plan=directory("work/plan/{stage}"),
     params:
-        settings=lambda wildcards: json.dumps(stage_settings(wildcards.stage), sort_keys=True),
-        cache=lambda wildcards: cache_dir(wildcards.stage),
+        ingest=lambda wildcards, input: ingest_arg(input.ingest_list),
         shard_size=lambda wildcards: CONFIG[wildcards.stage]["shard_size"],
         cost_exponent=lambda wildcards: CONFIG[wildcards.stage]["cost_exponent"],
         max_length=lambda wildcards: optional_args(wildcards.stage, ["max_length"]),
@@ -21,10 +24,11 @@ checkpoint plan:
         "logs/plan/{stage}.log",
     benchmark:
         "logs/benchmarks/plan/{stage}.tsv"
-    run:
-        shell(
-            "esmpipe shard --stage {wildcards.stage} --ingest {input} --cache-dir {params.cache}"
-            " --output-dir {output.plan} --settings {params.settings:q}"
-            " --shard-size {params.shard_size} --cost-exponent {params.cost_exponent}"
-            " {params.max_length} > {log} 2>&1"
-        )
+    conda:
+        ESMPIPE_ENV
+    shell:
+        "esmpipe shard --stage {wildcards.stage} {params.ingest}"
+        ' --cache-dir "$(cat {input.cache_dir})" --output-dir {output.plan}'
+        ' --settings "$(cat {input.key})"'
+        " --shard-size {params.shard_size} --cost-exponent {params.cost_exponent}"
+        " {params.max_length} > {log} 2>&1"

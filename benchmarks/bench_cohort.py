@@ -1,0 +1,197 @@
+"""Planning and gathering a synthetic cohort: seconds and peak memory per step.
+
+    python benchmarks/bench_cohort.py --records 1000000 5000000 [--work DIR] [--code DIR]
+
+A cohort of N records in samples of `--per-sample` records; half the records are
+drawn from a shared pool (each shared sequence in about four samples), half are
+unique; lengths uniform in [30, 500). Each step runs as a whole `esmpipe`
+process, timed with its own peak resident memory (`os.wait4`):
+
+- plan:    esmpipe shard --stage embed (cold cache: everything is planned)
+- gather embeddings / structures: the stage tables from fake cache parts (embeddings
+  of `--dim` floats; structures with short fake per-residue and PDB columns)
+- gather proteins: one row per record with both stages' statuses
+
+The fake cache parts are written between steps and not timed. `--code DIR` runs the
+steps with another checkout's package (PYTHONPATH=DIR), e.g. main for before-figures;
+`--no-list` passes ingest tables on the command line (for code without
+`--ingest-list`). The cohort is generated once per size under `--work` and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+AA = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
+
+
+def make_pool(n: int, rng: np.random.Generator) -> tuple[pa.LargeStringArray, pa.Array]:
+    """n random protein sequences (as one large_string array) and their lengths."""
+    lengths = rng.integers(30, 500, size=n).astype(np.int64)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    data = AA[rng.integers(0, len(AA), size=int(offsets[-1]))]
+    data[offsets[:-1]] = ord("M")
+    seqs = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
+    return seqs, pa.array(lengths.astype(np.int32))
+
+
+def generate(folder: Path, records: int, per_sample: int, seed: int = 1) -> list[Path]:
+    """Write the cohort's ingest tables (PROTEINS_SCHEMA) under folder; returns their paths."""
+    done = folder / "done.json"
+    if done.is_file():
+        return [Path(p) for p in json.loads(done.read_text())]
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    n_unique = records // 2
+    n_shared = max(1, (records - n_unique) // 4)
+    seqs, lengths = make_pool(n_unique + n_shared, rng)
+    hashes = pa.array([hashlib.sha256(s.encode()).hexdigest()
+                       for s in seqs.to_numpy(zero_copy_only=False)])
+    # Record i: unique sequence i (first half), else a random shared one.
+    index = np.concatenate([np.arange(n_unique),
+                            n_unique + rng.integers(0, n_shared, size=records - n_unique)])
+    rng.shuffle(index)
+    paths = []
+    for k, start in enumerate(range(0, records, per_sample)):
+        take = pa.array(index[start:start + per_sample])
+        n = len(take)
+        sample = f"S{k:05d}"
+        table = pa.table({
+            "sample": pa.array([sample] * n),
+            "protein_id": pa.array([f"{sample}_{i}" for i in range(n)]),
+            "seq_hash": hashes.take(take),
+            "sequence": seqs.take(take),
+            "length": lengths.take(take),
+            "status": pa.array(["ok"] * n),
+            "contig": pa.nulls(n, pa.string()),
+            "start": pa.nulls(n, pa.int64()),
+            "end": pa.nulls(n, pa.int64()),
+            "strand": pa.nulls(n, pa.int8()),
+            "partial": pa.nulls(n, pa.string()),
+        })
+        path = folder / f"{sample}.parquet"
+        pq.write_table(table, path, compression="zstd")
+        paths.append(path)
+    done.write_text(json.dumps([str(p) for p in paths]))
+    return paths
+
+
+def fake_parts(plan: Path, cache: Path, stage: str, dim: int) -> None:
+    """What `esmpipe embed|fold` would write for every shard of the plan (fake values)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    for shard in sorted((plan / "shards").glob("*.parquet")):
+        t = pq.read_table(shard, columns=["seq_hash", "length"])
+        n = t.num_rows
+        cols = {"seq_hash": t["seq_hash"], "length": t["length"],
+                "status": pa.array(["ok"] * n)}
+        if stage == "embed":
+            values = np.tile(np.arange(dim, dtype=np.float32), n)
+            cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(values), dim)
+        else:
+            cols["mean_plddt"] = pa.array(np.full(n, 80.0, np.float32))
+            cols["ptm"] = pa.array(np.full(n, 0.8, np.float32))
+            flat = pa.array(np.full(4 * n, 80.0, np.float32))
+            cols["plddt"] = pa.ListArray.from_arrays(
+                pa.array(np.arange(0, 4 * n + 1, 4, dtype=np.int32)), flat)
+            cols["max_pae"] = pa.array(np.full(n, 30.0, np.float32))
+            cols["mean_pae"] = pa.array(np.full(n, 10.0, np.float32))
+            cols["pdb"] = pa.array(["ATOM\nEND\n"] * n, pa.large_string())
+        meta = {"model": f"fake-{stage}", "revision": "r1", "dtype": "float32",
+                "output_version": 1, "max_length": 100000}
+        table = pa.table(cols).replace_schema_metadata({b"esmpipe": json.dumps(meta)})
+        pq.write_table(table, cache / shard.name, compression="zstd")
+
+
+def run_step(name: str, argv: list[str], env: dict, log: Path) -> tuple[float, float]:
+    """Run one esmpipe process; returns (seconds, peak RSS in GB)."""
+    with open(log, "ab") as out:
+        out.write(f"\n$ {' '.join(argv[:12])} ...\n".encode())
+        out.flush()
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{name} failed; see {log}")
+    return seconds, usage.ru_maxrss / 1024 / 1024
+
+
+def bench(records: int, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    base = Path(args.work)
+    cohort = base / f"cohort-{records}"
+    paths = generate(cohort, records, args.per_sample)
+    listing = cohort / "ingest.txt"
+    listing.write_text("".join(f"{p}\n" for p in paths))
+    run_dir = base / f"run-{records}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    env = dict(os.environ)
+    if args.code:
+        env["PYTHONPATH"] = str(Path(args.code).resolve())
+    esmpipe = [sys.executable, "-m", "esmpipe.cli"]
+    inputs = ([*["--ingest"], *map(str, paths)] if args.no_list
+              else ["--ingest-list", str(listing)])
+    log = run_dir / "bench.log"
+    figures: dict[str, tuple[float, float]] = {}
+    stages = {"embed": ("embeddings", 20000, 1), "fold": ("structures", 2000, 3)}
+    for stage, (table, size, exponent) in stages.items():
+        plan, cache = run_dir / "plan" / stage, run_dir / "cache" / stage
+        figures[f"plan {stage}"] = run_step(
+            f"plan {stage}",
+            [*esmpipe, "shard", "--stage", stage, *inputs, "--cache-dir", str(cache),
+             "--output-dir", str(plan), "--settings", json.dumps({"model": stage}),
+             "--shard-size", str(size), "--cost-exponent", str(exponent)], env, log)
+        fake_parts(plan, cache, stage, args.dim)
+        figures[f"gather {table}"] = run_step(
+            f"gather {table}",
+            [*esmpipe, "gather", "--table", table, "--plan", str(plan),
+             "--output", str(run_dir / "results" / table),
+             "--status-output", str(run_dir / "status" / f"{stage}.parquet")], env, log)
+    figures["gather proteins"] = run_step(
+        "gather proteins",
+        [*esmpipe, "gather", "--table", "proteins", *inputs,
+         "--status", f"embed={run_dir / 'status' / 'embed.parquet'}",
+         "--status", f"fold={run_dir / 'status' / 'fold.parquet'}",
+         "--output", str(run_dir / "results" / "proteins")], env, log)
+    if not args.keep:
+        shutil.rmtree(run_dir / "cache", ignore_errors=True)
+        shutil.rmtree(run_dir / "results", ignore_errors=True)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, nargs="+", default=[1_000_000, 5_000_000])
+    parser.add_argument("--per-sample", type=int, default=10_000)
+    parser.add_argument("--dim", type=int, default=32, help="fake embedding width")
+    parser.add_argument("--work", default="benchmarks/out/cohort")
+    parser.add_argument("--code", help="run the steps with the package of this checkout")
+    parser.add_argument("--no-list", action="store_true",
+                        help="pass ingest tables with --ingest (code without --ingest-list)")
+    parser.add_argument("--keep", action="store_true", help="keep caches and results")
+    args = parser.parse_args()
+    print(f"{'records':>10}  {'step':<22}{'seconds':>9}{'peak GB':>9}")
+    for records in args.records:
+        figures = bench(records, args)
+        for step, (seconds, peak) in figures.items():
+            print(f"{records:>10}  {step:<22}{seconds:>9.1f}{peak:>9.2f}", flush=True)
+        plan_gather = figures["plan embed"][0] + figures["gather proteins"][0]
+        print(f"{records:>10}  {'plan+gather proteins':<22}{plan_gather:>9.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
