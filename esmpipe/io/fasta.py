@@ -27,6 +27,7 @@ Record fields:
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import zlib
 from collections.abc import Iterator
@@ -80,14 +81,24 @@ def _open(path: str | os.PathLike[str]) -> BinaryIO:
     return gzip.open(path, "rb") if compressed else open(path, "rb")  # type: ignore[return-value]
 
 
-def _lines(handle: BinaryIO) -> Iterator[bytes]:
-    """Lines split at LF, and also at a CR alone (old Mac line ends)."""
+def _split_cr(handle: BinaryIO) -> Iterator[bytes]:
+    """Lines split at LF and also at a CR alone, for files with old Mac line ends."""
     for raw in handle:
         body = raw.rstrip(b"\r\n")
         if b"\r" in body:
             yield from body.split(b"\r")
         else:
             yield raw
+
+
+def _lines(handle: BinaryIO) -> Iterator[bytes]:
+    """The handle's lines; split at a CR alone too when the file starts with such line ends.
+
+    Deciding once from the first block keeps per-line work off the common path; a
+    lone CR later in a file is caught per record (`_MIXED_LINE_ENDS`)."""
+    first = handle.peek(1 << 16)[: 1 << 16].removesuffix(b"\r")  # type: ignore[attr-defined]
+    lone_cr = first.replace(b"\r\n", b"").find(b"\r") >= 0
+    return _split_cr(handle) if lone_cr else iter(handle)
 
 
 def _check_format(path: str | os.PathLike[str], first: bytes) -> None:
@@ -111,39 +122,86 @@ def _where(record_number: int, record_id: str | None) -> str:
     return f"in record {record_number} ({record_id!r})"
 
 
+def _binary_or_undecodable(raw: bytes) -> str | None:
+    """Why `raw` is not FASTA text, or None when it is."""
+    if raw.translate(None, _CONTROL_BYTES) != raw:
+        return "contains binary data"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "is not UTF-8 text"
+    return None
+
+
+_MIXED_LINE_ENDS = (
+    "ends a line with a CR alone while the file's first lines end otherwise (mixed line "
+    "ends); convert them, e.g. `tr '\\r' '\\n'` or dos2unix -c mac"
+)
+
+
+def _not_fasta(path: str | os.PathLike[str], line: int, where: str, why: str) -> FastaError:
+    if why == _MIXED_LINE_ENDS:
+        return FastaError(f"{path}: line {line} {where} {why}")
+    return FastaError(
+        f"{path}: line {line} {where} {why}; this is not a FASTA file (plain text or gzip "
+        "expected)"
+    )
+
+
+def _sequence(path: str | os.PathLike[str], chunks: list[bytes], first_line: int,
+              where: str) -> str:  # fmt: skip
+    """A record's sequence lines (bytes, stripped) checked and decoded in one go."""
+    data = b"".join(chunks)
+    if data.translate(None, _CONTROL_BYTES) == data and b"\r" not in data:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    for offset, chunk in enumerate(chunks):
+        why = _MIXED_LINE_ENDS if b"\r" in chunk else _binary_or_undecodable(chunk)
+        if why:
+            raise _not_fasta(path, first_line + offset, where, why)
+    raise AssertionError("unreachable: the joined lines failed but no line does")
+
+
 def read_fasta(path: str | os.PathLike[str]) -> Iterator[FastaRecord]:
     """Yield the records of a FASTA file in file order.
 
     Raises `FastaError` for text before the first header, a header without an
-    identifier, binary content, undecodable text and truncated or corrupt gzip.
+    identifier, binary content, undecodable text, mixed line ends and truncated or
+    corrupt gzip.
     """
     record_number = 0  # 1-based number of the record being read
     record_id: str | None = None
     description = ""
-    chunks: list[str] = []
+    # A record's sequence lines stay bytes until the record ends, then are checked and
+    # decoded in one go: per-line work is what limits the reading speed.
+    chunks: list[bytes] = []
+    first_line = 0  # line number of chunks[0]
     line_number = 0
     with _open(path) as handle:
         try:
-            for raw in _lines(handle):
+            lines = _lines(handle)
+            first = next(lines, None)
+            if first is not None:
+                _check_format(path, first)
+                lines = itertools.chain([first.removeprefix(UTF8_BOM)], lines)
+            for raw in lines:
                 line_number += 1
-                if line_number == 1:
-                    _check_format(path, raw)
-                    raw = raw.removeprefix(UTF8_BOM)
-                if raw.translate(None, _CONTROL_BYTES) != raw:
-                    raise FastaError(
-                        f"{path}: line {line_number} {_where(record_number, record_id)} contains "
-                        "binary data; this is not a FASTA file (plain text or gzip expected)"
-                    )
-                try:
-                    line = raw.decode("utf-8").rstrip("\r\n")
-                except UnicodeDecodeError:
-                    raise FastaError(
-                        f"{path}: line {line_number} {_where(record_number, record_id)} is not "
-                        "UTF-8 text; this is not a FASTA file (plain text or gzip expected)"
-                    ) from None
+                if record_id is not None and not raw.startswith(b">"):
+                    chunks.append(raw.strip())
+                    continue
+                where = _where(record_number, record_id)
+                why = _binary_or_undecodable(raw)
+                if why:
+                    raise _not_fasta(path, line_number, where, why)
+                line = raw.decode("utf-8").rstrip("\r\n")
+                if "\r" in line:
+                    raise _not_fasta(path, line_number, where, _MIXED_LINE_ENDS)
                 if line.startswith(">"):
                     if record_id is not None:
-                        yield FastaRecord(record_id, description, "".join(chunks))
+                        yield FastaRecord(record_id, description,
+                                          _sequence(path, chunks, first_line, where))  # fmt: skip
                     record_number += 1
                     description = line[1:].strip()
                     if not description:
@@ -153,18 +211,18 @@ def read_fasta(path: str | os.PathLike[str]) -> Iterator[FastaRecord]:
                         )
                     record_id = description.split(maxsplit=1)[0]
                     chunks = []
-                elif record_id is None:
-                    if line.strip():
-                        raise FastaError(
-                            f"{path}: line {line_number}: sequence data before the first header; "
-                            "a FASTA file must start with a '>' line" + _guess_format(line)
-                        )
-                else:
-                    chunks.append(line.strip())
+                    first_line = line_number + 1
+                elif line.strip():
+                    raise FastaError(
+                        f"{path}: line {line_number}: sequence data before the first header; "
+                        "a FASTA file must start with a '>' line" + _guess_format(line)
+                    )
+            if record_id is not None:
+                final = _sequence(path, chunks, first_line, _where(record_number, record_id))
         except (EOFError, gzip.BadGzipFile, zlib.error) as err:
             raise FastaError(
                 f"{path}: the gzip stream is truncated or corrupt after line {line_number} "
                 f"{_where(record_number, record_id)} ({err}); re-download or re-compress the file"
             ) from None
     if record_id is not None:
-        yield FastaRecord(record_id, description, "".join(chunks))
+        yield FastaRecord(record_id, description, final)

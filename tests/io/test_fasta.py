@@ -156,3 +156,13 @@ def test_other_text_formats_get_a_hint(tmp_path: Path, text: str, hint: str) -> 
     path.write_text(text)
     message = _error(path)
     assert str(path) in message and "before the first header" in message and hint in message
+
+
+def test_a_lone_cr_after_the_first_block_is_an_error_not_a_merge(tmp_path: Path) -> None:
+    body = "".join(f">p{i}\n{'MKVLLA' * 10}\n" for i in range(2000))  # > 64 KiB of LF lines
+    for tail, line in (("MKV\rLLA\n", 4002), (">late\r>merged\nMKV\n", 4001)):
+        path = tmp_path / "mixed.fa"
+        path.write_text(body + ">q\n" + tail if tail.startswith("M") else body + tail)
+        message = _error(path)
+        assert str(path) in message and "mixed line ends" in message
+        assert f"line {line}" in message

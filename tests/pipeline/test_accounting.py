@@ -3,12 +3,9 @@
 ingest -> shard -> embed (tiny random ESM-2) -> gather, on protein and contig samples
 with empty files, empty records, duplicates within and across samples and every status
 ingest and the embed stage can give. Every record of every input file must come out
-exactly once: in results/proteins (protein samples) or in the contigs tables (contig
+exactly once: in results/proteins (protein samples) or in results/contigs (contig
 samples, whose genes are the proteins rows), and per sample the statuses must add up
 to the records.
-
-NOTE: `esmpipe gather --table contigs` (the cohort helper's) was not on main when this
-test was written, so the contig samples' `*.contigs.parquet` files are read directly.
 """
 
 from __future__ import annotations
@@ -140,6 +137,10 @@ def run(tmp_path_factory: pytest.TempPathFactory, tiny_esm2: Path) -> dict:
              "--output", str(root / "results" / "embeddings"), "--status-output", str(status))
     _esmpipe("gather", "--table", "proteins", "--ingest", *ingest, "--status", f"embed={status}",
              "--output", str(root / "results" / "proteins"))  # fmt: skip
+    ingest_list = root / "work" / "ingest" / "list.txt"
+    ingest_list.write_text("".join(f"{path}\n" for path in ingest))
+    _esmpipe("gather", "--table", "contigs", "--ingest-list", str(ingest_list),
+             "--output", str(root / "results" / "contigs"))  # fmt: skip
     return {"root": root, "cohort": cohort, "ingest": ingest}
 
 
@@ -148,8 +149,13 @@ def _proteins(run: dict) -> list[dict]:
 
 
 def _contigs(run: dict, sample: str) -> list[dict]:
+    """The sample's rows of results/contigs (checked against its ingest contigs file)."""
+    table = ds.dataset(run["root"] / "results" / "contigs", format="parquet").to_table()
+    rows = sorted((r for r in table.to_pylist() if r["sample"] == sample),
+                  key=lambda r: r["contig"])  # fmt: skip
     path = contigs_path(run["root"] / "work" / "ingest" / f"{sample}.parquet")
-    return pq.read_table(path).to_pylist()
+    assert rows == sorted(pq.read_table(path).to_pylist(), key=lambda r: r["contig"])
+    return rows
 
 
 def test_every_protein_record_appears_exactly_once(run: dict) -> None:
@@ -165,11 +171,13 @@ def test_every_protein_record_appears_exactly_once(run: dict) -> None:
 
 def test_every_contig_record_appears_exactly_once(run: dict) -> None:
     proteins = _proteins(run)
+    total = ds.dataset(run["root"] / "results" / "contigs", format="parquet").count_rows()
+    assert total == sum(len(_headers(p)) for k, p in run["cohort"].values() if k == "contigs")
     for sample, (kind, path) in run["cohort"].items():
         if kind != "contigs":
             continue
         contigs = _contigs(run, sample)
-        assert [_original(r["contig"]) for r in contigs] == _headers(path), sample
+        assert sorted(_original(r["contig"]) for r in contigs) == sorted(_headers(path)), sample
         assert len({r["contig"] for r in contigs}) == len(contigs)
         # Genes called are exactly the sample's proteins rows, contig by contig.
         genes = Counter(r["contig"] for r in proteins if r["sample"] == sample)
