@@ -204,6 +204,8 @@ def test_similar_errors(res, demo_results, results_env, tmp_path):
     result = run_esmpipe(results_env, tmp_path, "similar", "--results", str(demo_results),
                          "--query", "no_such_thing!", "--index-dir", str(tmp_path / "ix"))
     assert result.returncode == 2 and "no record" in result.stderr
+    with pytest.raises(KeyError, match="no record 'nope'"):  # a typo is not a sequence
+        res.similar("nope")
     with pytest.raises(KeyError, match="no sequence to look up"):
         res.similar("a_empty")
 
