@@ -75,17 +75,23 @@ def build_cohort(folder: Path, rows: int, dim: int, parts: int, samples: int, se
     done.write_text(json.dumps({"rows": rows, "dim": dim, "parts": parts}))
 
 
+CPU_SECONDS: list[float] = []  # user + sys of each measured process, in order
+
+
 def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of `cmd`. The RSS comes from `/usr/bin/time -f %M`:
-    ru_maxrss of a child forked from this (large) process would count our own pages."""
+    """(wall seconds, peak RSS MiB) of `cmd`; its CPU seconds go to CPU_SECONDS. RSS and
+    CPU come from `/usr/bin/time`: ru_maxrss of a child forked from this (large) process
+    would count our own pages."""
     start = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "maxrss_kb=%M", *cmd], env=env,
+    proc = subprocess.run(["/usr/bin/time", "-f", "cpu_s=%U+%S maxrss_kb=%M", *cmd], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    kb = [line for line in proc.stderr.splitlines() if line.startswith("maxrss_kb=")][-1]
-    return wall, int(kb.split("=")[1]) / 1024
+    line = [x for x in proc.stderr.splitlines() if x.startswith("cpu_s=")][-1]
+    cpu, kb = (field.split("=")[1] for field in line.split())
+    CPU_SECONDS.append(sum(float(x) for x in cpu.split("+")))
+    return wall, int(kb) / 1024
 
 
 def duckdb_baseline(folder: Path, protein_id: str, dim: int, k: int) -> list[str]:
@@ -121,6 +127,8 @@ def main() -> int:
                         help="also time a DuckDB array_cosine_similarity scan (no index)")
     parser.add_argument("--root", type=Path, default=Path("/tmp/bench-similar"))
     parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument("--keep-index", action="store_true",
+                        help="reuse an existing index (the first query then builds nothing)")
     args = parser.parse_args()
 
     dims = [int(d) for d in args.dims.split(",")]
@@ -139,7 +147,8 @@ def main() -> int:
     report: dict = {"rows": args.rows, "parts": args.parts, "k": args.k,
                     "cpus": os.cpu_count(), "load_before": os.getloadavg()[0], "dims": {}}
     for dim in dims:
-        shutil.rmtree(folders[dim] / ".index", ignore_errors=True)
+        if not args.keep_index:
+            shutil.rmtree(folders[dim] / ".index", ignore_errors=True)
         wall, rss = measure(similar_cmd(dim, 0), env)
         index_bytes = sum(p.stat().st_size for p in (folders[dim] / ".index").rglob("*"))
         report["dims"][dim] = {"index_build_s": round(wall, 2), "index_build_rss_mib": round(rss),
@@ -153,6 +162,7 @@ def main() -> int:
         for dim in dims:  # A B A B: dimensions (and the baseline) alternate
             entry = report["dims"][dim]
             wall, rss = measure(similar_cmd(dim, i), env)
+            entry.setdefault("query_cpu_s", []).append(CPU_SECONDS[-1])
             entry["query_s"].append(wall)
             entry["query_rss_mib"].append(rss)
             line = f"d={dim} run {i}: esmpipe similar {wall:.2f} s {rss:.0f} MiB"
@@ -165,6 +175,7 @@ def main() -> int:
 
     for entry in report["dims"].values():
         entry["query"] = summary(entry.pop("query_s"))
+        entry["query_cpu"] = summary(entry.pop("query_cpu_s"))
         entry["query_peak_rss_mib"] = round(max(entry.pop("query_rss_mib")))
         duck = entry.pop("duckdb_s")
         rss_b = entry.pop("duckdb_rss_mib")
