@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from esmpipe.io.tables import atomic_path, result_tables
+from esmpipe.status import OK
 
 COHORT = "cohort"
 PLOTS = ("plddt_per_sample.png", "ptm_vs_plddt.png", "length_vs_plddt.png",
@@ -73,14 +74,14 @@ def cohort_counts(
     if structures is not None and "flags" in structures.columns:
         has_flags = structures["flags"].map(lambda f: f is not None and len(f) > 0)
         flagged = set(structures.loc[has_flags.astype(bool), "seq_hash"])
-    reasons = sorted(r for r in proteins["status"].dropna().unique() if r != "ok")
+    reasons = sorted(r for r in proteins["status"].dropna().unique() if r != OK)
     contig_statuses = sorted(contigs["status"].dropna().unique()) if contigs is not None else []
 
     def row(group: pd.DataFrame) -> dict:
         ok = set(group.loc[group["seq_hash"].notna(), "seq_hash"])
         counts = {
             "input_records": len(group),
-            "ok_records": int((group["status"] == "ok").sum()),
+            "ok_records": int((group["status"] == OK).sum()),
             "distinct_sequences": len(ok),
             "embedded": len(ok & embedded),
             "folded": len(ok & folded),

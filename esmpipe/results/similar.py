@@ -19,6 +19,7 @@ import numpy as np
 
 from esmpipe.results.core import RecordNotFound
 from esmpipe.results.index import VectorIndex, default_index_dir
+from esmpipe.status import OK
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -53,7 +54,7 @@ def _query_vector(results: Results, index: VectorIndex, parts, query: str,
         digest = results.resolve(query, sample=sample)
     except RecordNotFound as err:
         normalised, status = normalise_sequence(query)
-        if sample is not None or status != "ok" or not query.strip().isalpha() or \
+        if sample is not None or status != OK or not query.strip().isalpha() or \
                 len(normalised) < MIN_SEQUENCE_LENGTH:
             raise err from None
         digest = seq_hash(normalised)
@@ -168,8 +169,8 @@ def embed_sequence(results: Results, sequence: str, column: str = "embedding", *
         if code != 0:
             raise RecordNotFound(f"embedding the query with {model} failed (exit {code})")
         table = pq.read_table(out)
-    status = table.column("status")[0].as_py() if "status" in table.column_names else "ok"
+    status = table.column("status")[0].as_py() if "status" in table.column_names else OK
     value = table.column("embedding")[0].as_py()
-    if status != "ok" or value is None:
+    if status != OK or value is None:
         raise RecordNotFound(f"the query sequence could not be embedded (status {status})")
     return np.asarray(value, dtype=np.float32)
