@@ -38,7 +38,25 @@ def test_report_on_the_demo(res, demo_results, tmp_path):
     assert counts.loc["cohort", "confident_records"] == len(hits) > 0
     for sample, n in hits.groupby("sample").size().items():
         assert counts.loc[sample, "confident_records"] == n
-    assert "flagged" not in counts.columns and "contigs" not in counts.columns
+    # Columns that depend on what the other stages wrote appear exactly when it is there.
+    has_flags = "flags" in res.columns("structures")
+    assert ("flagged" in counts.columns) == has_flags
+    assert ("contigs" in counts.columns) == res.has("contigs")
+    if res.has("contigs"):
+        assert_contigs_add_up(counts, res)
+
+
+def assert_contigs_add_up(counts, res):
+    contigs = res.query("SELECT sample, count(*) AS n, sum(genes) AS genes FROM contigs "
+                        "GROUP BY sample").set_index("sample")
+    statuses = [c for c in counts.columns if c.startswith("contigs_")]
+    assert (counts["contigs"] == counts[statuses].sum(axis=1)).all()
+    for sample, row in contigs.iterrows():
+        assert counts.loc[sample, "contigs"] == row.n
+        # Every called gene is an input record of its contig sample.
+        assert counts.loc[sample, "genes_called"] == row.genes == \
+            counts.loc[sample, "input_records"]
+    assert counts.loc["cohort", "contigs"] == contigs.n.sum()
 
 
 def test_embedding_map_is_the_pca(res, demo_results):
@@ -60,21 +78,28 @@ def test_embedding_map_is_the_pca(res, demo_results):
     assert np.allclose(explained, (s ** 2)[:2] / (s ** 2).sum())
 
 
+def put(table, name, values):
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, values)
+    return table.append_column(name, values)
+
+
 @pytest.fixture
 def richer_results(demo_results, tmp_path):
-    """A copy of the demo results with flags, LM scores and a contigs table."""
+    """A copy of the demo results with flags, LM scores and a contigs table (replacing
+    any the demo made)."""
     copy = tmp_path / "results"
     shutil.copytree(demo_results, copy, ignore=shutil.ignore_patterns(".index", "cache",
                                                                       "report"))
     for part in sorted((copy / "structures").rglob("*.parquet")):
         table = pq.read_table(part)
         flags = [["suspect_ptm"] if i % 3 == 0 else [] for i in range(table.num_rows)]
-        pq.write_table(table.append_column("flags", pa.array(flags, pa.list_(pa.string()))),
-                       part)
+        pq.write_table(put(table, "flags", pa.array(flags, pa.list_(pa.string()))), part)
     for part in sorted((copy / "embeddings").rglob("*.parquet")):
         table = pq.read_table(part)
         score = pa.array(np.linspace(-3, -1, table.num_rows), pa.float32())
-        pq.write_table(table.append_column("mean_log_prob", score), part)
+        pq.write_table(put(table, "mean_log_prob", score), part)
+    shutil.rmtree(copy / "contigs", ignore_errors=True)
     (copy / "contigs").mkdir()
     pq.write_table(pa.table({
         "sample": ["sample_c"] * 3,
