@@ -47,7 +47,8 @@ def test_report_on_the_demo(res, demo_results, tmp_path):
 
 
 def assert_contigs_add_up(counts, res):
-    contigs = res.query("SELECT sample, count(*) AS n, sum(genes) AS genes FROM contigs "
+    contigs = res.query("SELECT sample, count(*)::BIGINT AS n, sum(genes)::BIGINT AS genes "
+                        "FROM contigs "
                         "GROUP BY sample").set_index("sample")
     statuses = [c for c in counts.columns if c.startswith("contigs_")]
     assert (counts["contigs"] == counts[statuses].sum(axis=1)).all()
