@@ -58,3 +58,9 @@ FINAL_STATUSES = (OK, TOO_LONG)
 def for_stage(status: str, stage: str) -> str:
     """The proteins table's status for a record that `stage` did not compute."""
     return f"{status}_for_{stage}"
+
+# `esmpipe export`'s index.tsv, per requested record: its file was written, the id names
+# no record, or the record has no structure (and no more specific status).
+EXPORTED = "exported"
+NOT_FOUND = "not_found"
+NO_STRUCTURE = "no_structure"

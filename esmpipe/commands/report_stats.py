@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--results", default="results", help="results folder")
     p.add_argument("--output-dir", required=True,
                    help="gets counts.tsv, plddt_per_sample.png, ptm_vs_plddt.png, "
-                        "length_vs_plddt.png")
+                        "length_vs_plddt.png, hits_per_sample.png, embedding_pca.png, "
+                        "lm_scores.png")
     p.add_argument("--min-plddt", type=float, default=70.0,
                    help="high confidence: mean pLDDT above this (0-100)")
     p.add_argument("--min-ptm", type=float, default=0.7, help="high confidence: pTM above this")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import IO
 
 import duckdb
 
@@ -176,7 +177,7 @@ def stream_query(
     *,
     fmt: str = "table",
     limit: int | None = None,
-    out=None,
+    out: IO[str] | None = None,
 ) -> tuple[int, bool]:
     """Run `sql` and stream its rows as text to `out` (stdout), at most `limit`;
     returns (rows written, whether rows were left out by the limit)."""

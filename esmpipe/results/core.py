@@ -43,7 +43,8 @@ class Results:
     `DIR/.index`, or a per-user cache folder when DIR is read-only).
     """
 
-    def __init__(self, path: str | os.PathLike, *, index_dir: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike, *,
+                 index_dir: str | os.PathLike | None = None) -> None:
         self.path = Path(path)
         self.index_dir = Path(index_dir) if index_dir is not None else None
         self.con = connect(self.path)

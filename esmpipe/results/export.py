@@ -25,6 +25,7 @@ import pyarrow as pa
 from esmpipe.io.structure import convert_pdb
 from esmpipe.io.tables import atomic_dir
 from esmpipe.results.core import HASH, RecordNotFound
+from esmpipe.status import EXPORTED, NO_STRUCTURE, NOT_FOUND, OK
 
 if TYPE_CHECKING:
     from esmpipe.results.core import Results
@@ -33,9 +34,6 @@ INDEX = "index.tsv"
 EXTENSIONS = {"pdb": "pdb", "cif": "cif"}
 INDEX_COLUMNS = ("file", "sample", "protein_id", "seq_hash", "status", "mean_plddt", "ptm",
                  "query")
-EXPORTED = "exported"
-NOT_FOUND = "not_found"
-NO_STRUCTURE = "no_structure"
 
 
 @dataclass
@@ -178,7 +176,7 @@ def export_structures(
                 elif digest in names:
                     status = EXPORTED
                 else:
-                    status = r["status"] if r["status"] not in (None, "ok") else NO_STRUCTURE
+                    status = r["status"] if r["status"] not in (None, OK) else NO_STRUCTURE
                 plddt, ptm = scores.get(digest, (None, None))
                 missing += status != EXPORTED
                 writer.writerow([names.get(digest, ""), r["sample"] or "", r["protein_id"] or "",

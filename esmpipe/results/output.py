@@ -74,6 +74,15 @@ def _cell(value: object, fmt: str) -> str:
     return str(value)
 
 
+def _float32_text(column: pa.Array) -> list:
+    """float32 values as their shortest float32 text (50.0032, not 50.00320816040039)."""
+    if not pa.types.is_float32(column.type):
+        return column.to_pylist()
+    import numpy as np
+
+    return [None if v is None else str(np.float32(v)) for v in column.to_pylist()]
+
+
 def _table_text(names: list[str], rows: list[list[str]], header: bool) -> str:
     """Fixed-width columns, long cells cut to TABLE_MAX_WIDTH with '...'."""
     cut = [[c if len(c) <= TABLE_MAX_WIDTH else c[:TABLE_MAX_WIDTH - 3] + "..." for c in row]
@@ -103,7 +112,8 @@ def write_batches(batches: Iterator[pa.RecordBatch], fmt: str, out: IO[str],
         names = batch.schema.names
         if fmt in ("csv", "tsv"):
             batch = _flatten_lists(batch)
-        columns = [column.to_pylist() for column in batch.columns]
+        columns = [_float32_text(column) if fmt in ("csv", "tsv") else column.to_pylist()
+                   for column in batch.columns]
         rows = list(zip(*columns, strict=True)) if columns else []
         if fmt in ("csv", "tsv"):
             if header:

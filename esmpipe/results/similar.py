@@ -13,12 +13,13 @@ import logging
 import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from esmpipe.results.core import RecordNotFound
 from esmpipe.results.index import VectorIndex, default_index_dir
+from esmpipe.status import OK
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 LAYER_COLUMN = re.compile(r"^layer_(\d+)$")
 EMBED_DTYPES = ("float32", "float16", "bfloat16")
+# A query that names no record is read as a sequence only from this length on, so that a
+# mistyped id ("nope") is an error rather than a four-residue protein.
+MIN_SEQUENCE_LENGTH = 10
 
 
 def vector_index(results: Results, column: str = "embedding") -> VectorIndex:
@@ -50,7 +54,8 @@ def _query_vector(results: Results, index: VectorIndex, parts, query: str,
         digest = results.resolve(query, sample=sample)
     except RecordNotFound as err:
         normalised, status = normalise_sequence(query)
-        if sample is not None or status != "ok" or not query.strip().isalpha():
+        if sample is not None or status != OK or not query.strip().isalpha() or \
+                len(normalised) < MIN_SEQUENCE_LENGTH:
             raise err from None
         digest = seq_hash(normalised)
         vector = index.find(digest, parts)
@@ -70,7 +75,6 @@ def similar(results: Results, query: str, *, k: int = 10, column: str = "embeddi
     n_records, record (the first SAMPLE/PROTEIN_ID with that sequence) and, when the
     structures table is there, mean_plddt and ptm. The query, when in the cohort,
     is row 1 whatever ties there are."""
-    import pyarrow as pa
 
     if k < 1:
         raise ValueError("k must be at least 1")
@@ -83,41 +87,37 @@ def similar(results: Results, query: str, *, k: int = 10, column: str = "embeddi
         self_score = own[0][1] if own else float(np.dot(vector, vector))
         hits = [(digest, self_score)] + [h for h in hits if h[0] != digest]
     hits = hits[:k]
-    hashes = [h for h, _ in hits]
-    details = _details(results, hashes)
-    columns: dict[str, list[Any]] = {
-        "rank": list(range(1, len(hits) + 1)),
-        "seq_hash": hashes,
-        "similarity": [round(s, 6) for _, s in hits],
-    }
-    for name, values in details.items():
-        columns[name] = [values.get(h) for h in hashes]
-    return pa.Table.from_pydict(columns)
+    return _with_details(results, hits)
 
 
-def _details(results: Results, hashes: list[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {"length": {}, "n_samples": {}, "n_records": {},
-                                      "record": {}}
-    if not hashes:
-        return out
-    rows = results.con.sql(
-        "SELECT seq_hash, any_value(length), count(DISTINCT sample), count(*), "
-        "min(sample || '/' || protein_id) FROM proteins "
-        "WHERE list_contains($hashes, seq_hash) GROUP BY seq_hash",
-        params={"hashes": hashes}).fetchall()
-    for h, length, n_samples, n_records, record in rows:
-        out["length"][h] = length
-        out["n_samples"][h] = n_samples
-        out["n_records"][h] = n_records
-        out["record"][h] = record
+def _with_details(results: Results, hits: list[tuple[str, float]]) -> pa.Table:
+    """The ranked hits joined to their prevalence and scores, as one DuckDB query.
+
+    NOTE: built by DuckDB rather than `pa.array(...)`: pyarrow imports pandas on its
+    first conversion from Python objects, which costs more than the whole search of a
+    small table on a loaded 2-core machine."""
+    params = {"hashes": [h for h, _ in hits], "sims": [float(s) for _, s in hits]}
+    structure_join, structure_columns = "", ""
     if results.has("structures"):
-        out["mean_plddt"], out["ptm"] = {}, {}
-        for h, plddt, ptm in results.con.sql(
-                "SELECT seq_hash, mean_plddt, ptm FROM structures "
-                "WHERE list_contains($hashes, seq_hash)", params={"hashes": hashes}).fetchall():
-            out["mean_plddt"][h] = None if plddt is None else round(plddt, 3)
-            out["ptm"][h] = None if ptm is None else round(ptm, 4)
-    return out
+        structure_join = ("LEFT JOIN (SELECT seq_hash, mean_plddt, ptm FROM structures "
+                          "WHERE list_contains($hashes, seq_hash)) s USING (seq_hash)")
+        structure_columns = (", round(s.mean_plddt, 3)::FLOAT AS mean_plddt, "
+                             "round(s.ptm, 4)::FLOAT AS ptm")
+    sql = f"""
+        WITH hit AS (
+            SELECT unnest($hashes) AS seq_hash, unnest($sims)::DOUBLE AS similarity,
+                   unnest(range(1, len($hashes) + 1)) AS rank
+        ), prevalence AS (
+            SELECT seq_hash, any_value(length) AS length, count(DISTINCT sample) AS n_samples,
+                   count(*) AS n_records, min(sample || '/' || protein_id) AS record
+            FROM proteins WHERE list_contains($hashes, seq_hash) GROUP BY seq_hash
+        )
+        SELECT h.rank::INTEGER AS rank, h.seq_hash, round(h.similarity, 6) AS similarity,
+               p.length, p.n_samples, p.n_records, p.record{structure_columns}
+        FROM hit h LEFT JOIN prevalence p USING (seq_hash) {structure_join}
+        ORDER BY h.rank
+    """
+    return results.con.sql(sql, params=params).to_arrow_table()
 
 
 def _model_path(results: Results, model: str) -> str:
@@ -169,8 +169,8 @@ def embed_sequence(results: Results, sequence: str, column: str = "embedding", *
         if code != 0:
             raise RecordNotFound(f"embedding the query with {model} failed (exit {code})")
         table = pq.read_table(out)
-    status = table.column("status")[0].as_py() if "status" in table.column_names else "ok"
+    status = table.column("status")[0].as_py() if "status" in table.column_names else OK
     value = table.column("embedding")[0].as_py()
-    if status != "ok" or value is None:
+    if status != OK or value is None:
         raise RecordNotFound(f"the query sequence could not be embedded (status {status})")
     return np.asarray(value, dtype=np.float32)

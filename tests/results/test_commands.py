@@ -204,6 +204,8 @@ def test_similar_errors(res, demo_results, results_env, tmp_path):
     result = run_esmpipe(results_env, tmp_path, "similar", "--results", str(demo_results),
                          "--query", "no_such_thing!", "--index-dir", str(tmp_path / "ix"))
     assert result.returncode == 2 and "no record" in result.stderr
+    with pytest.raises(KeyError, match="no record 'nope'"):  # a typo is not a sequence
+        res.similar("nope")
     with pytest.raises(KeyError, match="no sequence to look up"):
         res.similar("a_empty")
 
@@ -244,3 +246,20 @@ def test_query_streams_and_limits(demo_results, results_env, tmp_path):
     ok(run_esmpipe(results_env, tmp_path, "query", big, "--results", str(demo_results),
                    "--format", "parquet", "--output", str(limited), "--limit", "7"))
     assert pq.read_table(limited).num_rows == 7
+
+
+def test_api_returns_what_the_commands_return(res, demo_results, results_env, tmp_path):
+    sql = "SELECT sample, protein_id, length FROM records ORDER BY sample, protein_id"
+    cli = rows(ok(run_esmpipe(results_env, tmp_path, "query", sql, "--results",
+                              str(demo_results), "--format", "tsv")).stdout)
+    api = res.query(sql)
+    assert [(r["sample"], r["protein_id"], int(r["length"])) for r in cli] == \
+        list(zip(api["sample"], api["protein_id"], api["length"], strict=True))
+    for fmt in ("pdb", "cif"):
+        out = tmp_path / f"one-{fmt}"
+        ids = tmp_path / "one.txt"
+        ids.write_text("sample_a/a1\n")
+        ok(run_esmpipe(results_env, tmp_path, "export", "--results", str(demo_results),
+                       "--ids", str(ids), "--format", fmt, "--output", str(out)))
+        digest = res.resolve("a1")
+        assert (out / f"{digest}.{fmt}").read_text() == res.structure("a1", format=fmt)

@@ -1,9 +1,13 @@
-# Counts and pLDDT pictures for `snakemake --report report.html`.
+# Counts and pictures (pLDDT, hits, embedding map, LM scores) for `snakemake --report`.
 
 
 rule report_stats:
     input:
-        ["results/proteins"] + [f"results/{RESULT_TABLE[stage]}" for stage in ENABLED],
+        ["results/proteins"]
+        + [f"results/{RESULT_TABLE[stage]}" for stage in ENABLED]
+        # results/contigs when the workflow gathers one (names of common.smk, if defined)
+        + (["results/contigs"] if globals().get("CONTIG_SAMPLES")
+           and globals().get("CONTIGS_TABLE") else []),
     output:
         counts=report(
             "results/report/counts.tsv",
@@ -28,6 +32,24 @@ rule report_stats:
             caption="../report/length_vs_plddt.rst",
             category="Structures",
             labels={"figure": "length vs pLDDT"},
+        ),
+        hits=report(
+            "results/report/hits_per_sample.png",
+            caption="../report/hits_per_sample.rst",
+            category="Structures",
+            labels={"figure": "confident hits per sample"},
+        ),
+        pca=report(
+            "results/report/embedding_pca.png",
+            caption="../report/embedding_pca.rst",
+            category="Embeddings",
+            labels={"figure": "embedding map (PCA)"},
+        ),
+        lm=report(
+            "results/report/lm_scores.png",
+            caption="../report/lm_scores.rst",
+            category="Embeddings",
+            labels={"figure": "language-model scores"},
         ),
     params:
         min_plddt=CONFIG["high_confidence"]["mean_plddt"],
