@@ -5,9 +5,8 @@ rule report_stats:
     input:
         ["results/proteins"]
         + [f"results/{RESULT_TABLE[stage]}" for stage in ENABLED]
-        # results/contigs when the workflow gathers one (names of common.smk, if defined)
-        + (["results/contigs"] if globals().get("CONTIG_SAMPLES")
-           and globals().get("CONTIGS_TABLE") else []),
+        # results/contigs when the workflow gathers one (common.smk)
+        + (["results/contigs"] if CONTIG_SAMPLES and CONTIGS_TABLE else []),
     output:
         counts=report(
             "results/report/counts.tsv",
