@@ -50,16 +50,16 @@ rule report_stats:
             category="Embeddings",
             labels={"figure": "language-model scores"},
         ),
-    params:
-        min_plddt=CONFIG["high_confidence"]["mean_plddt"],
-        min_ptm=CONFIG["high_confidence"]["ptm"],
-    resources:
-        mem_mb=4000,
-        runtime=30,
     log:
         "logs/report_stats.log",
     benchmark:
         "logs/benchmarks/report_stats.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        min_plddt=CONFIG["high_confidence"]["mean_plddt"],
+        min_ptm=CONFIG["high_confidence"]["ptm"],
     run:
         shell(
             "esmpipe report-stats --results results --output-dir results/report"
