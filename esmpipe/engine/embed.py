@@ -374,12 +374,8 @@ class Embedder:
         cost_of = dict(zip(runnable, costs, strict=True))
         progress = Progress("embed", lengths, costs)
         batches = make_batches([p.length for p in pieces], self.max_tokens, embed_cost)
-        for batch, outs in run_batches(
-            batches,
-            lambda members: self._forward([pieces[m] for m in members]),
-            is_oom=is_oom,
-            free_memory=lambda: free_device_memory(self.device),
-            out_of_memory=lambda member: None,
+        for batch, outs in self._run_batches(
+            batches, lambda members: self._forward([pieces[m] for m in members])
         ):
             members = [pieces[m] for m in batch]
             for piece, out in zip(members, outs, strict=True):
@@ -393,6 +389,17 @@ class Embedder:
                                 sum(cost_of[i] for i in finished))  # fmt: skip
                 yield finished, results
 
+    def _run_batches(self, batches, forward):
+        """`run_batches` with this engine's out-of-memory handling: a batch that runs out
+        of memory is split; a single piece that still does not fit yields None."""
+        return run_batches(
+            batches,
+            forward,
+            is_oom=is_oom,
+            free_memory=lambda: free_device_memory(self.device),
+            out_of_memory=lambda member: None,
+        )
+
     def _run_masked(self, members: list[_Piece], pending: dict[int, _Pending]) -> None:
         """The pseudo-perplexity pass over the pieces of one batch: every masked copy,
         copies of the same piece batched together (longest pieces first)."""
@@ -400,12 +407,8 @@ class Embedder:
         for p in members:
             pending[p.seq].masked_left += p.length
         batches = make_batches([p.length for p, _ in copies], self.max_tokens, embed_cost)
-        for batch, values in run_batches(
-            batches,
-            lambda ms: self._forward_masked([copies[m] for m in ms]),
-            is_oom=is_oom,
-            free_memory=lambda: free_device_memory(self.device),
-            out_of_memory=lambda member: None,
+        for batch, values in self._run_batches(
+            batches, lambda ms: self._forward_masked([copies[m] for m in ms])
         ):
             for m, value in zip(batch, values, strict=True):
                 piece, i = copies[m]
