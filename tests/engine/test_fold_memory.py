@@ -3,6 +3,8 @@ the chunk, then mark) with injected errors, the fp16 stem loaded as fp16, fp32 h
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +109,32 @@ def test_fp16_stem_loads_straight_into_fp16_and_heads_stay_fp32(tiny_esmfold: Pa
     assert out.ptm.dtype == torch.float32 and out.plddt.dtype == torch.float32
     assert out.predicted_aligned_error.dtype == torch.float32
     assert torch.isfinite(out.ptm).all() and torch.isfinite(out.plddt).all()
+
+
+_FAULTS_SCRIPT = """
+import resource, sys, torch
+from esmpipe.engine.device import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(2):  # 64 MiB: above glibc's largest mmap threshold; heap warm-up
+    torch.ones(2**24).sum()
+before = faults()
+for _ in range(3):
+    torch.ones(2**24).sum()
+print(faults() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_keep_freed_memory_reuses_large_blocks() -> None:
+    # Three more 64 MiB tensors: fresh mappings fault every page (3 * 16,384 pages of
+    # 4 KiB); with freed memory kept they reuse the earlier ones' pages.
+    def run(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT, mode], check=True,
+                             capture_output=True, text=True)  # fmt: skip
+        return int(out.stdout.split()[-1])
+
+    assert run("default") > 3 * 10_000
+    assert run("keep") < 3_000
