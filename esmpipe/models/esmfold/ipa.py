@@ -60,8 +60,27 @@ class InvariantPointAttention(nn.Module):
         # [B, L, H, P, 3]
         return pts.unflatten(-2, (self.n_heads, n_points))
 
+    def pair_bias(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The logits' terms that depend only on the pair and the mask, `[B, H, L, L]` fp32.
+
+        w_L * linear_b(z) plus the padding mask. The structure module's blocks
+        share these weights and the pair, so it computes this once for all of them.
+        """
+        # [B, L, L, H] in the caller's precision, like the other projections.
+        b = self.linear_b(z)
+        with torch.autocast(z.device.type, enabled=False):
+            # [B, 1, L, L]
+            square_mask = (mask[:, :, None] * mask[:, None, :]).float()[:, None]
+            bias = math.sqrt(1.0 / 3) * b.float().permute(0, 3, 1, 2)
+            return bias + self.inf * (square_mask - 1.0)
+
     def forward(
-        self, s: torch.Tensor, z: torch.Tensor, r: Rigid, mask: torch.Tensor
+        self,
+        s: torch.Tensor,
+        z: torch.Tensor,
+        r: Rigid,
+        mask: torch.Tensor,
+        pair_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Update for the single representation.
 
@@ -70,6 +89,7 @@ class InvariantPointAttention(nn.Module):
             z: `[B, L, L, C_z]` pair representation.
             r: `[B, L]` current backbone frames (translations in nm-scaled units).
             mask: `[B, L]` 1 for residues, 0 for padding (padded keys get no weight).
+            pair_bias: `self.pair_bias(z, mask)` when the caller has it already.
         Returns:
             `[B, L, C_s]`.
         """
@@ -85,36 +105,35 @@ class InvariantPointAttention(nn.Module):
         kv_pts = self._points(self.linear_kv_points(s), r, self.n_qk_points + self.n_v_points)
         k_pts, v_pts = kv_pts.split([self.n_qk_points, self.n_v_points], dim=-2)
 
-        # [B, L, L, H]
-        b = self.linear_b(z)
+        if pair_bias is None:
+            pair_bias = self.pair_bias(z, mask)
 
         # NOTE: the logits are formed in fp32 whatever the autocast dtype (the reference
         # does this only for fp16): the point distances are fp32 geometry already, and
         # the -inf mask (1e5) does not fit in fp16.
         with torch.autocast(s.device.type, enabled=False):
-            # [B, H, L, L]
-            a = torch.matmul(q.float().transpose(-2, -3), k.float().permute(0, 2, 3, 1))
-            # w_L * q.k / sqrt(c) + w_L * b, with w_L = sqrt(1/3)
-            a = a * math.sqrt(1.0 / (3 * c))
-            a = a + math.sqrt(1.0 / 3) * b.float().permute(0, 3, 1, 2)
-
-            # Squared distances between query and key points, Algorithm 22 line 7:
-            # -gamma^h * w_C / 2 * sum_p |q_p - k_p|^2, scaled by w_L like the other terms.
-            # One coordinate at a time, so the largest temporary is [B, L, L, H, P_q]
-            # rather than [B, L, L, H, P_q, 3].
-            # [B, L, L, H, P_q]
-            d2 = sum((q_pts[:, :, None, ..., i] - k_pts[:, None, :, ..., i]) ** 2 for i in range(3))
-            gamma = F.softplus(self.head_weights.float())
+            # Algorithm 22 line 7: w_L * (q.k / sqrt(c) + b - gamma^h * w_C / 2 *
+            # sum_p |q_p - k_p|^2), with w_L = sqrt(1/3). NOTE: the point term is
+            # expanded, |q_p - k_p|^2 = |q_p|^2 - 2 q_p.k_p + |k_p|^2, so that the
+            # scalar and the point products are one matmul over C + 3 * P_q features
+            # instead of [B, L, L, H, P_q] differences (two thirds of the structure
+            # module's time); the |q_p|^2 term is the same for every key of a row, and
+            # softmax over the keys does not see it, so it is left out.
             w_c = math.sqrt(2.0 / (9 * self.n_qk_points))
             w_l = math.sqrt(1.0 / 3)
-            # [B, L, L, H]
-            pt_att = -0.5 * w_l * w_c * (d2 * gamma[:, None]).sum(dim=-1)
+            # [H]: the weight of sum_p |q_p - k_p|^2 in the logits.
+            coef = 0.5 * w_l * w_c * F.softplus(self.head_weights.float())
+            # [B, L, H, 3 * P_q]
+            q_flat, k_flat = q_pts.float().flatten(-2), k_pts.float().flatten(-2)
+            # [B, L, H, C + 3 * P_q]
+            q_scalar = q.float() * math.sqrt(1.0 / (3 * c))
+            q_feats = torch.cat([q_scalar, 2 * coef[:, None] * q_flat], -1)
+            k_feats = torch.cat([k.float(), k_flat], -1)
             # [B, H, L, L]
-            a = a + pt_att.permute(0, 3, 1, 2)
-
-            # [B, 1, L, L]
-            square_mask = mask[:, :, None] * mask[:, None, :]
-            a = a + (self.inf * (square_mask.float() - 1.0))[:, None]
+            a = torch.matmul(q_feats.transpose(1, 2), k_feats.permute(0, 2, 3, 1))
+            a += pair_bias
+            # [B, H, 1, L]: -coef * |k_p|^2, the keys' part of the distance.
+            a -= (coef * (k_flat * k_flat).sum(-1)).transpose(1, 2)[:, :, None, :]
             a = torch.softmax(a, dim=-1)
 
             # Value points: weighted in the global frame, then back to each query's frame.

@@ -228,8 +228,11 @@ class StructureModule(nn.Module):
         # trans_scale_factor they are Angstrom, the unit of every output.
         rigids = Rigid.identity(s.shape[:-1], device=s.device, fmt="quat")
         outputs: dict[str, list[torch.Tensor]] = {k: [] for k in _PER_BLOCK_OUTPUTS}
+        # NOTE: the blocks share the IPA weights and the pair, so its pair bias is
+        # computed once here (the reference recomputes it in every block).
+        pair_bias = self.ipa.pair_bias(z, mask)
         for _ in range(self.config.num_blocks):
-            s = s + self.ipa(s, z, rigids, mask)
+            s = s + self.ipa(s, z, rigids, mask, pair_bias=pair_bias)
             s = self.layer_norm_ipa(self.ipa_dropout(s))
             s = self.transition(s)
 

@@ -102,9 +102,18 @@ def test_outputs_match_reference(pair) -> None:
     assert got["single"].shape == (2, 10, SMALL["sequence_dim"])
     # the weights move the frames: this is not a comparison of identities
     assert got["frames"][..., 4:].abs().max() > 1.0
+    # Padded residues (row 1 from 7 on) are compared apart: the reference's -1e5 mask
+    # shifts all of a padded query's logits, which rounds them to steps of 2^-7, so
+    # their values depend on summation order (ours expands the point distances).
+    # They never reach a real residue (test_padding_does_not_change_real_residues).
+    real = mask.bool()
     for key in expected:
         assert got[key].dtype == torch.float32, key
-        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-5, msg=key)
+        per_block = key != "single"
+        ours_real = got[key][:, real] if per_block else got[key][real]
+        ref_real = expected[key][:, real] if per_block else expected[key][real]
+        torch.testing.assert_close(ours_real, ref_real, rtol=1e-5, atol=1e-5, msg=key)
+        assert torch.isfinite(got[key]).all(), key
 
 
 def test_mask_none_means_all_residues(pair) -> None:
