@@ -1,6 +1,8 @@
 """Whole-process comparison of `esmpipe embed` (its defaults) with transformers used with care.
 
     python benchmarks/bench_embed.py --presets esm2_t6_8M,esm2_t12_35M,esm2_t30_150M --rounds 3
+    python benchmarks/bench_embed.py --presets esm2_t30_150M --rounds 1   # ~20 min quiet
+    python benchmarks/bench_embed.py --rounds 3 --rounds-for esm2_t30_150M=1 --json out.json
     python benchmarks/bench_embed.py --quick          # smoke run: tiny model, 20 proteins
 
 For each preset a random-weight checkpoint (`esmpipe init-model`) and one FASTA
@@ -14,9 +16,15 @@ C B A, ...), whole processes run:
 - `hf-batch8`: the same fed batches of 8 in input order.
 
 Reported per contender: the median wall time of the whole process (imports,
-model load, tokenising, forward, writing), peak RSS (ru_maxrss of that
-process), and the ratio transformers / esmpipe (> 1: esmpipe is faster); and the
-largest difference between esmpipe's and transformers' embeddings.
+model load, tokenising, forward, writing), its CPU seconds (user + system,
+from wait4: the steadier figure on a shared machine), peak RSS (ru_maxrss of
+that process), and the ratios transformers / esmpipe (> 1: esmpipe is faster);
+and the largest difference between esmpipe's and transformers' embeddings.
+Each run prints the 1-minute load average when it started: a quiet machine shows
+about 0. One round of the 150M preset (three whole processes on the 300 proteins)
+takes about 20 minutes on the 2-core CPU of issue 7; `--rounds-for` gives a preset
+its own number of rounds, and `--json` is rewritten after every run, so a stopped
+benchmark keeps what it measured.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--presets", default="esm2_t6_8M,esm2_t12_35M,esm2_t30_150M")
     parser.add_argument("--proteins", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3, help="runs of each contender")
+    parser.add_argument("--rounds-for", type=_rounds_for, default={}, metavar="PRESET=N,...",
+                        help="rounds for these presets (default: --rounds)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: tiny-esm2, 20 proteins, 1 round")  # fmt: skip
@@ -51,6 +62,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def _rounds_for(text: str) -> dict[str, int]:
+    rounds: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        preset, sep, value = part.partition("=")
+        if not sep or not value.isdigit() or int(value) < 1:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected PRESET=N with N >= 1")
+        rounds[preset] = int(value)
+    return rounds
 
 
 def protein_lengths(n: int, seed: int, low: int = 30, high: int = 1000) -> list[int]:
@@ -128,8 +149,8 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_process(command: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MiB) of one whole process."""
+def run_process(command: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak RSS in MiB) of one whole process."""
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                cwd=ROOT)  # fmt: skip
@@ -139,7 +160,7 @@ def run_process(command: list[str]) -> tuple[float, float]:
     stderr = process.stderr.read().decode() if process.stderr else ""
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{stderr[-3000:]}")
-    return elapsed, usage.ru_maxrss / 1024  # Linux: KiB
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # Linux: KiB
 
 
 def commands(model: Path, fasta: Path, out: Path) -> dict[str, list[str]]:
@@ -172,7 +193,9 @@ def agreement(out: Path) -> float:
     return worst
 
 
-def bench_preset(preset: str, args: argparse.Namespace, base: Path) -> dict:
+def bench_preset(
+    preset: str, args: argparse.Namespace, base: Path, on_run: Callable[[dict], None] | None = None
+) -> dict:
     folder = base / preset
     model, out = folder / "model", folder / "out"
     out.mkdir(parents=True, exist_ok=True)
@@ -184,30 +207,38 @@ def bench_preset(preset: str, args: argparse.Namespace, base: Path) -> dict:
     lengths = protein_lengths(args.proteins, args.seed)
     write_fasta(fasta, lengths, args.seed)
     runs = commands(model, fasta, out)
-    times: dict[str, list[float]] = {name: [] for name in CONTENDERS}
-    rss: dict[str, list[float]] = {name: [] for name in CONTENDERS}
-    for round_ in range(args.rounds):
+    rounds = args.rounds_for.get(preset, args.rounds)
+    report: dict = {"preset": preset, "proteins": len(lengths), "residues": sum(lengths),
+                    "rounds": rounds, "times_s": {name: [] for name in CONTENDERS},
+                    "cpu_s": {name: [] for name in CONTENDERS},
+                    "peak_rss_mib": {name: [] for name in CONTENDERS},
+                    "load_1min": {name: [] for name in CONTENDERS}}  # fmt: skip
+    for round_ in range(rounds):
         names = CONTENDERS if round_ % 2 == 0 else tuple(reversed(CONTENDERS))
         for name in names:
-            seconds, peak = run_process(runs[name])
-            times[name].append(seconds)
-            rss[name].append(peak)
-            print(f"  {preset} round {round_ + 1} {name:10s} {seconds:8.2f} s  "
-                  f"{peak:8.0f} MiB", flush=True)  # fmt: skip
-    median = {name: statistics.median(t) for name, t in times.items()}
-    return {
-        "preset": preset,
-        "proteins": len(lengths),
-        "residues": sum(lengths),
-        "rounds": args.rounds,
-        "times_s": times,
-        "peak_rss_mib": rss,
+            load = os.getloadavg()[0]
+            seconds, cpu, peak = run_process(runs[name])
+            for key, value in (("times_s", seconds), ("cpu_s", cpu), ("peak_rss_mib", peak),
+                               ("load_1min", load)):  # fmt: skip
+                report[key][name].append(value)
+            print(f"  {preset} round {round_ + 1} {name:10s} {seconds:8.2f} s  {cpu:8.2f} cpu-s  "
+                  f"{peak:8.0f} MiB  (load {load:.1f})", flush=True)  # fmt: skip
+            if on_run is not None:
+                on_run(report)
+    median = {name: statistics.median(t) for name, t in report["times_s"].items()}
+    cpu = {name: statistics.median(t) for name, t in report["cpu_s"].items()}
+    report.update({
         "median_s": median,
-        "median_peak_rss_mib": {name: statistics.median(r) for name, r in rss.items()},
+        "median_cpu_s": cpu,
+        "median_peak_rss_mib": {name: statistics.median(r)
+                                for name, r in report["peak_rss_mib"].items()},
         "ratio_hf_sorted_over_esmpipe": median["hf-sorted"] / median["esmpipe"],
         "ratio_hf_batch8_over_esmpipe": median["hf-batch8"] / median["esmpipe"],
+        "cpu_ratio_hf_sorted_over_esmpipe": cpu["hf-sorted"] / cpu["esmpipe"],
+        "cpu_ratio_hf_batch8_over_esmpipe": cpu["hf-batch8"] / cpu["esmpipe"],
         "max_abs_diff_vs_hf": agreement(out),
-    }
+    })  # fmt: skip
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,22 +249,31 @@ def main(argv: list[str] | None = None) -> int:
     presets = ["tiny-esm2"] if args.quick else args.presets.split(",")
     if args.quick:
         args.proteins, args.rounds = 20, 1
+    reports: list[dict] = []
+
+    def save(current: dict | None = None) -> None:
+        if args.json:
+            done = reports + ([current] if current is not None else [])
+            args.json.write_text(json.dumps(done, indent=1) + "\n")
+
     with tempfile.TemporaryDirectory() as tmp:
         base = args.workdir or Path(tmp)
-        reports = []
         for preset in presets:
-            report = bench_preset(preset, args, base)
+            report = bench_preset(preset, args, base, on_run=save)
             reports.append(report)
-            med, peak = report["median_s"], report["median_peak_rss_mib"]
+            save()
+            med, cpu = report["median_s"], report["median_cpu_s"]
+            peak = report["median_peak_rss_mib"]
             print(f"{preset}: {report['proteins']} proteins, {report['residues']:,} residues, "
-                  f"{report['rounds']} rounds (median s / peak RSS MiB)")  # fmt: skip
+                  f"{report['rounds']} rounds (median s / cpu-s / peak RSS MiB)")  # fmt: skip
             for name in CONTENDERS:
-                print(f"  {name:10s} {med[name]:8.2f} s  {peak[name]:8.0f} MiB")
-            print(f"  ratio hf-sorted/esmpipe {report['ratio_hf_sorted_over_esmpipe']:.2f}x, "
-                  f"hf-batch8/esmpipe {report['ratio_hf_batch8_over_esmpipe']:.2f}x, "
+                print(f"  {name:10s} {med[name]:8.2f} s  {cpu[name]:8.2f} cpu-s  "
+                      f"{peak[name]:8.0f} MiB")  # fmt: skip
+            print(f"  ratio hf-sorted/esmpipe {report['ratio_hf_sorted_over_esmpipe']:.2f}x "
+                  f"(cpu {report['cpu_ratio_hf_sorted_over_esmpipe']:.2f}x), "
+                  f"hf-batch8/esmpipe {report['ratio_hf_batch8_over_esmpipe']:.2f}x "
+                  f"(cpu {report['cpu_ratio_hf_batch8_over_esmpipe']:.2f}x), "
                   f"max |diff| {report['max_abs_diff_vs_hf']:.1e}", flush=True)  # fmt: skip
-    if args.json:
-        args.json.write_text(json.dumps(reports, indent=1) + "\n")
     return 0
 
 

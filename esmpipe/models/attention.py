@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from esmpipe.models.config import EsmConfig
+from esmpipe.models.kernels import linear
 from esmpipe.models.rotary import apply_rotary, apply_rotary_packed
 
 
@@ -106,7 +107,7 @@ class EsmSelfAttention(nn.Module):
         tokens = x.shape[0]
         weight, bias = self.fused_qkv()
         # [T, C] -> [T, 3, H, D]
-        qkv = F.linear(x, weight, bias).view(tokens, 3, self.num_heads, self.head_dim)
+        qkv = linear(x, weight, bias).view(tokens, 3, self.num_heads, self.head_dim)
         if self.rotary:
             qk = apply_rotary_packed(qkv[:, :2], *rotary)
             q, k = qk.unbind(1)
@@ -196,5 +197,5 @@ class EsmAttention(nn.Module):
     ) -> torch.Tensor:
         """x: [T, C] packed tokens -> [T, C] (see `EsmSelfAttention.forward_packed`)."""
         context = self.self.forward_packed(self.LayerNorm(x), cu_seqlens, bounds, max_len, rotary)
-        out = F.linear(context, self.output.dense.weight, self.output.dense.bias)
+        out = linear(context, self.output.dense.weight, self.output.dense.bias)
         return out.add_(x)

@@ -26,12 +26,19 @@ def position_ids_from_input_ids(input_ids: torch.Tensor, padding_idx: int) -> to
     return (torch.cumsum(mask, dim=1).type_as(mask) * mask).long() + padding_idx
 
 
+def _embedding(num: int, dim: int, padding_idx: int | None) -> nn.Embedding:
+    """An nn.Embedding whose weight is left for the model's `post_init` to draw (or for
+    loading to assign): nn.Embedding's own draw would run twice, and on the meta device
+    (`from_pretrained`) a normal_ draw imports torch._dynamo, about 1 s of startup."""
+    return nn.Embedding(num, dim, padding_idx=padding_idx, _weight=torch.empty(num, dim))
+
+
 class EsmEmbeddings(nn.Module):
     """input ids -> [B, L, C] embeddings (before the first transformer layer)."""
 
     def __init__(self, config: EsmConfig) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(
+        self.word_embeddings = _embedding(
             config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
         )
         self.layer_norm = (
@@ -42,7 +49,7 @@ class EsmEmbeddings(nn.Module):
         self.padding_idx = config.pad_token_id
         self.position_embedding_type = config.position_embedding_type
         if self.position_embedding_type == "absolute":
-            self.position_embeddings = nn.Embedding(
+            self.position_embeddings = _embedding(
                 config.max_position_embeddings, config.hidden_size, padding_idx=self.padding_idx
             )
         self.token_dropout = config.token_dropout

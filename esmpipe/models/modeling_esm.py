@@ -33,6 +33,7 @@ from esmpipe.models.config import EsmConfig
 from esmpipe.models.contact import EsmContactPredictionHead
 from esmpipe.models.embeddings import EsmEmbeddings
 from esmpipe.models.heads import EsmClassificationHead, EsmLMHead, EsmPooler, gelu
+from esmpipe.models.kernels import linear
 from esmpipe.models.pretrained import EsmPreTrainedModel, ModelOutput
 from esmpipe.models.rotary import EsmRotaryEmbedding
 
@@ -129,8 +130,9 @@ class EsmLayer(nn.Module):
     ) -> torch.Tensor:
         """x: [T, C] packed tokens -> [T, C] (inference; see `EsmModel.forward_packed`)."""
         x = self.attention.forward_packed(x, cu_seqlens, bounds, max_len, rotary)
-        h = self.intermediate(self.LayerNorm(x))
-        return F.linear(h, self.output.dense.weight, self.output.dense.bias).add_(x)
+        dense = self.intermediate.dense
+        h = linear(self.LayerNorm(x), dense.weight, dense.bias, gelu=True)
+        return linear(h, self.output.dense.weight, self.output.dense.bias).add_(x)
 
 
 class EsmEncoder(nn.Module):

@@ -140,6 +140,13 @@ def parameters_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = original
 
 
+def _draw_normal(weight: torch.Tensor, std: float) -> None:
+    # A meta tensor has no values to draw (loading assigns the checkpoint's, `_materialize`
+    # initialises the rest), and normal_ there imports torch._dynamo: ~1 s of startup.
+    if not weight.is_meta:
+        weight.normal_(0.0, std)
+
+
 # -- the base class -------------------------------------------------------------
 
 
@@ -190,11 +197,11 @@ class EsmPreTrainedModel(nn.Module):
         """
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
-            module.weight.normal_(0.0, std)
+            _draw_normal(module.weight, std)
             if module.bias is not None:
                 module.bias.zero_()
         elif isinstance(module, nn.Embedding):
-            module.weight.normal_(0.0, std)
+            _draw_normal(module.weight, std)
             if module.padding_idx is not None:
                 module.weight[module.padding_idx].zero_()
         elif isinstance(module, nn.LayerNorm):

@@ -43,15 +43,22 @@ def apply_rotary(
 def apply_rotary_packed(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate packed queries and keys together: qk [T, 2, H, D]; cos, sin [T, D].
 
-    The same arithmetic as `apply_rotary` (fp32, cast back), one pass for both.
+    The arithmetic of `apply_rotary` (fp32, cast back), written per half without
+    building `rotate_half(x)`: out1 = x1 cos - x2 sin, out2 = x2 cos + x1 sin.
+    NOTE: this uses only the first half of cos and sin, which equals the second half
+    in the tables `EsmRotaryEmbedding` makes (the frequencies concatenated twice).
     """
-    # [T, 1, 1, D]
-    cos = cos[:, None, None].float()
-    sin = sin[:, None, None].float()
+    half = qk.shape[-1] // 2
+    # [T, 1, 1, D/2]
+    c = cos[:, None, None, :half].float()
+    s = sin[:, None, None, :half].float()
     x = qk.float()
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return (x * cos + rotated * sin).to(qk.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    out1, out2 = out[..., :half], out[..., half:]
+    torch.mul(x1, c, out=out1).addcmul_(x2, s, value=-1)
+    torch.mul(x2, c, out=out2).addcmul_(x1, s)
+    return out.to(qk.dtype)
 
 
 class EsmRotaryEmbedding(nn.Module):
