@@ -476,13 +476,14 @@ def gather_proteins(
         changed: list[tuple[int, dict]] = []
         for index, (n, digest) in sorted(derived.digests(con, paths).items()):
             stat = Path(paths[index]).stat()
-            key = dict(base_key, ingest=paths[index], size=stat.st_size,
+            # The name too: a table listed twice has two files with the same rows.
+            key = dict(base_key, ingest=paths[index], name=names[index], size=stat.st_size,
                        mtime_ns=stat.st_mtime_ns, rows=n, digest=digest)
             rows += n
             old = previous.get(json.dumps(key, sort_keys=True))
             if old:
                 for i, file in enumerate(old):
-                    _link(file, out / _file_name(names[index], i))
+                    _link(file, out / f"{names[index]}-{i:05d}.parquet")
                 reused += len(old)
             else:
                 changed.append((index, key))
@@ -616,7 +617,7 @@ def _write_proteins(con, derived: _DerivedColumns, indices: Sequence[int], paths
                         writer.close()
                         writer = None
                     if writer is None:
-                        writer = pq.ParquetWriter(out / _file_name(name, part), target,
+                        writer = pq.ParquetWriter(out / f"{name}-{part:05d}.parquet", target,
                                                   **duck.WRITE_OPTIONS)
                         part, in_file, files = part + 1, 0, files + 1
                     writer.write_table(piece)

@@ -152,10 +152,22 @@ def test_reuse_dir_for_stage_tables(cohort):
 
 def test_names_are_distinct_and_visible_to_readers():
     names = _sample_names(["w/a.parquet", "x/a.parquet", "w/_b.parquet", "w/.c.parquet",
-                           "w/d e;f.parquet", "w/a.parquet"])
-    assert len(set(names)) == 6
-    assert names[0] == "a" and names[4] == "d_e_f"
+                           "w/d e;f.parquet", "w/a.parquet", "w/S1.v2.parquet"])
+    assert len(set(names)) == 7
+    assert names[0] == "a" and names[4] == "d_e_f" and names[6] == "S1.v2"
     assert not any(n[0] in "._" for n in names)
+
+
+def test_dotted_sample_names_keep_their_own_files(cohort):
+    root = cohort["root"]
+    compute(cohort, plan(cohort))
+    gather(cohort)
+    for sample, ingest in zip(("S1.v1", "S1.v2"), cohort["ingest"], strict=True):
+        shutil.copy(ingest, root / "ingest" / f"{sample}.parquet")
+    cohort["ingest"] = [root / "ingest" / "S1.v1.parquet", root / "ingest" / "S1.v2.parquet"]
+    assert proteins(cohort) == cohort["records"]
+    assert sorted(inodes(root / "results" / "proteins")) == ["S1.v1-00000.parquet",
+                                                             "S1.v2-00000.parquet"]
 
 
 def test_a_record_without_a_stage_status_still_fails(cohort):
@@ -166,3 +178,14 @@ def test_a_record_without_a_stage_status_still_fails(cohort):
         ("c1", protein(cohort["rng"], 70), "ok")]))
     with pytest.raises(Exception, match=r"no embed status for record c/c1"):
         proteins(cohort)
+
+
+def test_a_table_listed_twice_gives_its_rows_twice_every_time(cohort):
+    compute(cohort, plan(cohort))
+    gather(cohort)
+    cohort["ingest"].append(cohort["ingest"][0])
+    twice = cohort["records"] + pq.read_metadata(cohort["ingest"][0]).num_rows
+    folder = cohort["root"] / "results" / "proteins"
+    for _ in range(2):
+        assert proteins(cohort) == twice
+        assert ds.dataset(folder).count_rows() == twice
