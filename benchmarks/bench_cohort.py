@@ -75,7 +75,12 @@ def make_pool(n: int, rng: np.random.Generator) -> tuple[pa.LargeStringArray, pa
     lengths = rng.integers(30, 500, size=n).astype(np.int64)
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    data = AA[rng.integers(0, len(AA), size=int(offsets[-1]))]
+    # One byte a residue, drawn in pieces (20M records hold 3.3 billion residues).
+    data = np.empty(int(offsets[-1]), dtype=np.uint8)
+    step = 1 << 27
+    for start in range(0, len(data), step):
+        piece = data[start:start + step]
+        piece[:] = AA[rng.integers(0, len(AA), size=len(piece), dtype=np.uint8)]
     data[offsets[:-1]] = ord("M")
     seqs = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
     return seqs, pa.array(lengths.astype(np.int32))
