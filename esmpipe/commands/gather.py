@@ -35,6 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log-pattern", metavar="PATTERN",
                    help="log of a cache part's job, e.g. 'logs/{stage}/{shard}.log', recorded "
                         "in the `log` column of not_computed sequences")
+    p.add_argument("--reuse-dir", metavar="DIR",
+                   help="a folder kept with hard links to the gathered table's files: the "
+                        "next gather reuses unchanged files from it even when --output was "
+                        "deleted meanwhile (Snakemake deletes a rule's outputs before it runs)")
     add_resource_arguments(p)
     p.set_defaults(func=run)
 
@@ -69,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
                                     f"{', '.join(STAGES)}")
                 status[stage] = path
             gather_proteins(ingest_inputs(args.ingest, args.ingest_list), status, args.output,
-                            memory_limit=args.memory_limit, threads=args.threads)
+                            memory_limit=args.memory_limit, threads=args.threads,
+                            reuse_dir=args.reuse_dir)
         elif args.table == "contigs":
             if not args.ingest and not args.ingest_list:
                 raise UserError("--table contigs needs --ingest or --ingest-list")
@@ -79,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError(f"--table {args.table} needs --plan and --status-output")
             gather_stage(args.plan, args.output, args.status_output,
                          allow_missing=args.allow_missing, log_pattern=args.log_pattern,
-                         memory_limit=args.memory_limit, threads=args.threads)
+                         memory_limit=args.memory_limit, threads=args.threads,
+                         reuse_dir=args.reuse_dir)
     except (GatherError, PlanError) as err:
         raise UserError(str(err)) from err
     return 0

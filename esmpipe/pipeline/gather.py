@@ -10,7 +10,12 @@
   incremental run writes in proportion to what is new.
 - `results/proteins/`: one row per input record (never fewer), the ingest rows
   with each stage's status, an overall `status` and, for sequences whose shard
-  failed (`--allow-missing`), the `log` to read.
+  failed (`--allow-missing`), the `log` to read. One file per ingest table
+  (`<sample>-NNNNN.parquet`), kept as it was while that table and the statuses
+  of its records did not change, so adding a sample writes that sample's rows.
+- `reuse_dir` (`--reuse-dir`): Snakemake deletes a rule's output folder before
+  the job runs, so the workflow keeps hard links to the last table's files in a
+  folder of its own (`work/gathered/<table>`) to reuse them from.
 - `results/contigs/`: the contigs tables of the contig samples, concatenated.
 
 Each table is a folder of Parquet files: `pyarrow.dataset.dataset(folder)` and
@@ -25,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -42,7 +48,6 @@ from esmpipe.pipeline import duck
 from esmpipe.pipeline.config import STAGES
 from esmpipe.pipeline.plan import (
     STAGE_STATUS_SCHEMA,
-    ingest_scan,
     part_mismatch,
     read_manifest,
 )
@@ -54,6 +59,8 @@ INPUT_PREFIX = "input"
 # Version of the layout of gathered stage tables; part of the key under which an
 # earlier gather's file is reused.
 LAYOUT_VERSION = 1
+# Version of the layout of the proteins table (one file per ingest table).
+PROTEINS_LAYOUT = 1
 # The columns of results/contigs, until esmpipe.io.tables defines CONTIGS_SCHEMA.
 _CONTIGS_FALLBACK = pa.schema(
     [("sample", pa.string()), ("contig", pa.string()), ("length", pa.int64()),
@@ -91,6 +98,7 @@ def gather_stage(
     log_pattern: str | None = None,
     memory_limit: str | None = None,
     threads: int | None = None,
+    reuse_dir: str | os.PathLike | None = None,
 ) -> dict[str, int]:
     """Write the stage's result table for the cohort and a status table.
 
@@ -100,7 +108,8 @@ def gather_stage(
     missing cache part (its job failed after every retry) or a sequence absent
     from its part gives status `not_computed` and the job's log
     (`log_pattern`, e.g. "logs/{stage}/{shard}.log") instead of an error.
-    Returns counts by status.
+    `reuse_dir` keeps hard links to the table's files for the next gather (see
+    `keep_links`). Returns counts by status.
     """
     manifest = read_manifest(plan_dir)
     stage = manifest["stage"]
@@ -126,6 +135,8 @@ def gather_stage(
                 "schema": fingerprint.hexdigest()[:16]}
     expect = manifest["settings"].get("expect") or {}
     previous = _reusable_files(Path(output_dir))
+    if reuse_dir is not None:
+        previous = {**_reusable_files(Path(reuse_dir)), **previous}
     counts: dict[str, int] = {}
     output_dir = Path(output_dir)
     written = reused = 0
@@ -207,6 +218,8 @@ def gather_stage(
             with pq.ParquetWriter(out / "empty.parquet",
                                   schema_with_metadata(schema, {**common, "parts": []})):
                 pass
+    if reuse_dir is not None:
+        keep_links(output_dir, reuse_dir)
     log.info("%s: %d files written, %d kept from the last gather; statuses %s",
              stage, written, reused, counts)
     return counts
@@ -421,66 +434,261 @@ def gather_proteins(
     rows_per_file: int = 500000,
     memory_limit: str | None = None,
     threads: int | None = None,
+    reuse_dir: str | os.PathLike | None = None,
 ) -> int:
     """Write the proteins table (one row per input record); returns its row count.
 
     Columns: the ingest columns, `embed_status` and `fold_status` (null where the
     record never reached the stage or the stage is off), `status` and `log` (the
     log of the job that did not compute the record, else null).
+
+    One file per ingest table, `<sample>-NNNNN.parquet` (split past
+    `rows_per_file`), rows in the ingest table's order. A file is kept from the
+    last gather (a hard link, from `output_dir` or `reuse_dir`) when its ingest
+    table is the same file (path, size, mtime) and the columns the stages decide
+    (statuses, log) are the same row for row (a 128-bit digest computed in
+    DuckDB): a sample whose sequences got a result since, or lost one, is
+    written again; adding a sample writes that sample's file.
     """
     paths = [str(p) for p in ingest_tables]
     if not paths:
         raise GatherError("no ingest tables to gather")
     stages = [s for s in STAGES if s in status_tables]
     ingest_schema = _ingest_schema(paths)
-    status_sql, log_sql = _overall_sql(stages)
-    joins, checks = [], []
-    for stage in stages:
-        path = str(status_tables[stage])
-        has_log = "log" in pq.read_schema(path).names
-        joins.append(
-            f"LEFT JOIN (SELECT seq_hash, status, {'log' if has_log else 'NULL::VARCHAR AS log'} "
-            f"FROM read_parquet({duck.quote(path)})) s_{stage} "
-            f"ON i.status = 'ok' AND i.seq_hash = s_{stage}.seq_hash"
-        )
-        checks.append(f"WHEN i.status = 'ok' AND s_{stage}.seq_hash IS NULL "
-                      f"THEN {duck.quote(stage)}")
-    stage_cols = ", ".join(
-        f"s_{stage}.status AS {stage}_status" if stage in stages
-        else f"NULL::VARCHAR AS {stage}_status" for stage in STAGES)
-    missing_sql = ("CASE " + " ".join(checks) + " END") if checks else "NULL::VARCHAR"
-    sql = (f"SELECT i.* EXCLUDE (status), {stage_cols}, {status_sql} AS status, "
-           f"{log_sql} AS log, {missing_sql} AS _missing "
-           f"FROM {ingest_scan(paths)} i {' '.join(joins)}")
-    schema = pa.schema(
-        [f for f in ingest_schema if f.name != "status"]
-        + [pa.field(f"{stage}_status", pa.string()) for stage in STAGES]
-        + [pa.field("status", pa.string()), pa.field("log", pa.string())]
-    )
+    derived_schema = pa.schema(
+        [pa.field(f"{stage}_status", pa.string()) for stage in STAGES]
+        + [pa.field("status", pa.string()), pa.field("log", pa.string())])
+    schema = pa.schema([f for f in ingest_schema if f.name != "status"] + list(derived_schema))
     metadata = {"table": "proteins", "stages": sorted(status_tables),
                 "esmpipe_version": esmpipe.__version__}
-
-    def checked(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
-        for batch in batches:
-            missing = batch.column("_missing")
-            if missing.null_count < len(missing):
-                i = pc.index(pc.is_valid(missing), True).as_py()
-                stage = missing[i].as_py()
-                record = f"{batch.column('sample')[i]}/{batch.column('protein_id')[i]}"
-                raise GatherError(
-                    f"{status_tables[stage]}: no {stage} status for record {record} "
-                    f"(seq_hash {batch.column('seq_hash')[i]}); the plan is out of date: "
-                    "snakemake ... --forcerun plan"
-                )
-            yield _conform(pa.Table.from_batches([batch]), schema)
-
+    fingerprint = hashlib.sha256(schema.to_string(show_schema_metadata=False).encode())
+    base_key = {"layout": PROTEINS_LAYOUT, "table": "proteins", "stages": stages,
+                "schema": fingerprint.hexdigest()[:16]}
     output_dir = Path(output_dir)
-    with duck.session(output_dir, memory_limit=memory_limit, threads=threads,
-                      ordered=True) as con, atomic_dir(output_dir) as out:
-        rows = write_files(checked(duck.batches(con, sql)), schema, out, metadata,
-                           rows_per_file)
-    log.info("proteins: %d rows", rows)
+    previous = _reusable_files(output_dir)
+    if reuse_dir is not None:
+        previous = {**_reusable_files(Path(reuse_dir)), **previous}
+    names = _sample_names(paths)
+    rows = written = reused = 0
+    with duck.session(output_dir, memory_limit=memory_limit, threads=threads) as con, \
+            atomic_dir(output_dir) as out:
+        derived = _DerivedColumns(stages, status_tables)
+        changed: list[tuple[int, dict]] = []
+        for index, (n, digest) in sorted(derived.digests(con, paths).items()):
+            stat = Path(paths[index]).stat()
+            # The name too: a table listed twice has two files with the same rows.
+            key = dict(base_key, ingest=paths[index], name=names[index], size=stat.st_size,
+                       mtime_ns=stat.st_mtime_ns, rows=n, digest=digest)
+            rows += n
+            old = previous.get(json.dumps(key, sort_keys=True))
+            if old:
+                for i, file in enumerate(old):
+                    _link(file, out / f"{names[index]}-{i:05d}.parquet")
+                reused += len(old)
+            else:
+                changed.append((index, key))
+        if changed:
+            written = _write_proteins(con, derived, [i for i, _ in changed],
+                                      [paths[i] for i, _ in changed],
+                                      [names[i] for i, _ in changed],
+                                      [key for _, key in changed], schema, derived_schema,
+                                      metadata, out, rows_per_file)
+        if not any(out.iterdir()):
+            with pq.ParquetWriter(out / "empty.parquet", schema_with_metadata(schema, metadata)):
+                pass
+    if reuse_dir is not None:
+        keep_links(output_dir, reuse_dir)
+    log.info("proteins: %d rows; %d files written, %d kept from the last gather",
+             rows, written, reused)
     return rows
+
+
+class _DerivedColumns:
+    """The proteins columns the stages decide, in SQL over the ingest tables.
+
+    `{stage}_status`, `status` and `log` of every ingest row, from the ingest
+    row's own status and seq_hash joined to each stage's status table.
+    """
+
+    def __init__(self, stages: Sequence[str], status_tables: Mapping[str, str | os.PathLike]
+                 ) -> None:
+        self.status_tables = status_tables
+        status_sql, log_sql = _overall_sql(stages)
+        joins, checks = [], []
+        for stage in stages:
+            path = str(status_tables[stage])
+            has_log = "log" in pq.read_schema(path).names
+            joins.append(
+                f"LEFT JOIN (SELECT seq_hash, status, "
+                f"{'log' if has_log else 'NULL::VARCHAR AS log'} "
+                f"FROM read_parquet({duck.quote(path)})) s_{stage} "
+                f"ON i.status = 'ok' AND i.seq_hash = s_{stage}.seq_hash"
+            )
+            checks.append(f"WHEN i.status = 'ok' AND s_{stage}.seq_hash IS NULL "
+                          f"THEN {duck.quote(stage)}")
+        self.columns = [f"s_{stage}.status" if stage in stages else "NULL::VARCHAR"
+                        for stage in STAGES] + [status_sql, log_sql]
+        self.names = [f"{stage}_status" for stage in STAGES] + ["status", "log"]
+        self.joins = " ".join(joins)
+        self.missing = ("CASE " + " ".join(checks) + " END") if checks else "NULL::VARCHAR"
+
+    def select(self, paths: Sequence[str], extra: str = "") -> str:
+        """Per ingest row: file_index, file_row_number, the derived columns, `_missing`."""
+        columns = ", ".join(f"{sql} AS {name}" for sql, name in zip(self.columns, self.names,
+                                                                     strict=True))
+        return (f"SELECT i.file_index, i.file_row_number, {columns}, "
+                f"{self.missing} AS _missing{extra} "
+                f"FROM read_parquet({duck.path_list(paths)}, file_row_number = true) i "
+                f"{self.joins}")
+
+    def digests(self, con, paths: Sequence[str]) -> dict[int, tuple[int, str]]:
+        """File index -> (rows, digest of the derived columns row for row); checks that
+        every valid record has a status from every stage."""
+        # NOTE: md5 of the row number and the values ('v' + value, 'n' for null, unit
+        # separators), XORed over the file: 128 bits, order-sensitive through the
+        # row number; an accident, not an adversary, is what it must catch.
+        # The join runs once: its small result is kept for writing (`ordered`).
+        con.execute(f"CREATE TEMP TABLE derived AS {self.select(paths)}")
+        fields = ", ".join(f"coalesce('v' || {name}, 'n')" for name in self.names)
+        found = con.execute(
+            f"SELECT file_index, count(*), bit_xor(md5_number(concat_ws(chr(31), "
+            f"file_row_number::VARCHAR, {fields})))::VARCHAR, count(_missing) "
+            f"FROM derived GROUP BY file_index").fetchall()
+        bad = sorted(index for index, _, _, missing in found if missing)
+        if bad:
+            self._raise_missing(con, paths[bad[0]])
+        return {int(index): (int(n), digest) for index, n, digest, _ in found}
+
+    def ordered(self, con, indices: Sequence[int]) -> Iterator[pa.RecordBatch]:
+        """The derived columns of the given files (indices into `digests`' paths), in
+        (file, row) order, files renumbered 0, 1, ... in the order given."""
+        numbers = pa.table({"file_index": pa.array(indices, pa.int64()),
+                            "_order": pa.array(range(len(indices)), pa.int64())})
+        con.register("wanted", numbers)
+        yield from duck.batches(
+            con, f"SELECT w._order AS file_index, d.file_row_number, "
+                 f"{', '.join('d.' + n for n in self.names)} FROM derived d "
+                 "JOIN wanted w USING (file_index) ORDER BY w._order, d.file_row_number")
+
+    def _raise_missing(self, con, path: str) -> None:
+        rows = self.select([path], ", i.sample, i.protein_id, i.seq_hash")
+        row = con.execute(
+            f"SELECT _missing, sample, protein_id, seq_hash FROM ({rows}) "
+            "WHERE _missing IS NOT NULL ORDER BY file_row_number LIMIT 1").fetchone()
+        stage, sample, protein_id, seq_hash = row
+        raise GatherError(
+            f"{self.status_tables[stage]}: no {stage} status for record {sample}/{protein_id} "
+            f"(seq_hash {seq_hash}); the plan is out of date: snakemake ... --forcerun plan"
+        )
+
+
+def _write_proteins(con, derived: _DerivedColumns, indices: Sequence[int], paths: Sequence[str],
+                    names: Sequence[str], keys: Sequence[dict], schema: pa.Schema,
+                    derived_schema: pa.Schema, metadata: dict, out: Path,
+                    rows_per_file: int) -> int:
+    """Write the proteins files of the given ingest tables; returns the number of files.
+
+    DuckDB gives the derived columns in (file, row) order, small columns only; the
+    ingest columns (sequences) are read straight from each file in its own order
+    and put beside them, so no sequence passes through a join or a sort.
+    """
+    stream = _RowStream(derived.ordered(con, indices))
+    files = 0
+    for index, (path, name, key) in enumerate(zip(paths, names, keys, strict=True)):
+        target = schema_with_metadata(schema, {**metadata, "source": key})
+        writer, in_file, part, done = None, 0, 0, 0
+        try:
+            with open(path, "rb") as handle:
+                for batch in pq.ParquetFile(handle).iter_batches(
+                        batch_size=duck.BATCH_ROWS, use_threads=False):
+                    side = stream.take(batch.num_rows)
+                    positions = side.column("file_row_number")
+                    if (side.num_rows != batch.num_rows
+                            or pc.any(pc.not_equal(side.column("file_index"), index)).as_py()
+                            or positions[0].as_py() != done
+                            or positions[-1].as_py() != done + batch.num_rows - 1):
+                        raise GatherError(f"{path}: changed while the proteins table was "
+                                          "gathered; gather again")
+                    done += batch.num_rows
+                    columns = {n: batch.column(n) for n in batch.schema.names if n != "status"}
+                    columns.update({f.name: side.column(f.name) for f in derived_schema})
+                    piece = _conform(pa.table(columns), target)
+                    if writer is not None and in_file >= rows_per_file:
+                        writer.close()
+                        writer = None
+                    if writer is None:
+                        writer = pq.ParquetWriter(out / f"{name}-{part:05d}.parquet", target,
+                                                  **duck.WRITE_OPTIONS)
+                        part, in_file, files = part + 1, 0, files + 1
+                    writer.write_table(piece)
+                    in_file += piece.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+    return files
+
+
+class _RowStream:
+    """Take consecutive runs of rows of any length from a stream of record batches."""
+
+    def __init__(self, batches: Iterable[pa.RecordBatch]) -> None:
+        self._batches = iter(batches)
+        self._head: pa.RecordBatch | None = None
+
+    def take(self, n: int) -> pa.Table:
+        pieces, want = [], n
+        while want:
+            if self._head is None or not self._head.num_rows:
+                self._head = next(self._batches, None)
+                if self._head is None:
+                    break
+            piece = self._head.slice(0, want)
+            self._head = self._head.slice(piece.num_rows)
+            pieces.append(piece)
+            want -= piece.num_rows
+        if not pieces:
+            raise GatherError("the proteins' statuses ended before the ingest rows")
+        return pa.Table.from_batches(pieces)
+
+
+def _sample_names(paths: Sequence[str]) -> list[str]:
+    """A distinct, file-name-safe name per ingest table: its file name's stem.
+
+    Names never start with '.' or '_' (pyarrow.dataset skips such files); a stem
+    two tables share gets a digest of the path, then the table's position.
+    """
+    names, used = [], set()
+    for i, path in enumerate(paths):
+        stem = re.sub(r"[^A-Za-z0-9._=+-]", "_", Path(path).name.removesuffix(".parquet"))
+        if not stem or stem[0] in "._-":
+            stem = f"s{stem}"
+        name = stem
+        if name in used:
+            name = f"{stem}.{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+        if name in used:
+            name = f"{name}.{i}"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def keep_links(table: str | os.PathLike, reuse_dir: str | os.PathLike) -> None:
+    """Make `reuse_dir` a folder of hard links to the files of `table` (no bytes copied).
+
+    Snakemake deletes a rule's output folder before the job runs, so the next gather
+    finds the last table's files here (`--reuse-dir`). Where links are impossible
+    (another file system) the folder is left empty, never filled with copies.
+    """
+    with atomic_dir(reuse_dir) as keep:
+        for file in sorted(Path(table).glob("*.parquet")):
+            try:
+                os.link(file, keep / file.name)
+            except OSError as err:
+                log.warning("cannot keep hard links of %s in %s (%s): the next gather "
+                            "rewrites the table", table, reuse_dir, err)
+                for link in keep.iterdir():
+                    link.unlink()
+                return
 
 
 def _ingest_schema(paths: Sequence[str]) -> pa.Schema:

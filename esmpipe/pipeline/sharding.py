@@ -20,6 +20,27 @@ ties broken by seq_hash so the result depends only on the inputs. A sequence
 costlier than `shard_size` gets a shard of its own. Inside a shard, sequences are
 sorted by length so the inference engine pads little.
 
+Sizing (the defaults in workflow/schemas/config.schema.yaml). A shard is one GPU
+job, one cache part and, after gathering, one file of the stage's table, so the
+size is chosen for a cohort of millions of records: a job long enough that its
+start-up (loading ESMFold's 8 GB of weights) and the scheduler's per-job cost
+are small beside it, short enough that the job's runtime request (fold: 8 h)
+holds on an older GPU and a failed job loses little (jobs resume from their
+last batch anyway).
+
+- fold: 50,000 units. ESMFold folds a 384-residue chain in 14.2 s on a V100 (the
+  paper), 56.6 units, so one unit is about 0.25 s there and a shard about 3.5 h of
+  a V100 (proportionally less on newer GPUs). Lengths uniform in 30-500 cost 33
+  units on average (more with a long tail), so a shard holds ~1,500 sequences and
+  a million records (~625,000 distinct) make ~400 jobs and files; the earlier
+  2,000 made ~10,000 jobs of minutes each and as many tiny files.
+- embed: 20,000 units = 2 million residues, minutes of a GPU for ESM-2 650M.
+
+An incremental run plans only the sequences no cache part holds, so it makes
+ceil(new cost / shard_size) shards: writes stay in proportion to what is new.
+NOTE: the cubic model undercounts short chains (the language model's work,
+linear in L, weighs more there); the runtime request leaves room for it.
+
 A shard's id is a digest of its member hashes and the stage settings, so the same
 work under the same settings always has the same name (the cache key).
 

@@ -21,20 +21,20 @@ def hostile_results(demo_results, tmp_path):
     """A copy of the demo results whose ok records carry the hostile ids."""
     copy = tmp_path / "work" / "results"
     shutil.copytree(demo_results, copy, ignore=shutil.ignore_patterns(".index", "cache"))
+    n = 0  # over all files: the proteins table has one file per sample
     for part in sorted((copy / "proteins").rglob("*.parquet")):
         table = pq.read_table(part)
         ids = table["protein_id"].to_pylist()
         folded = table["fold_status"].to_pylist() if "fold_status" in table.column_names \
             else table["status"].to_pylist()
-        n = 0
         for i, status in enumerate(folded):
             if status == "ok" and n < len(HOSTILE):
                 ids[i] = HOSTILE[n]
                 n += 1
-        assert n == len(HOSTILE)
         index = table.schema.get_field_index("protein_id")
         table = table.set_column(index, table.schema.field(index), pa.array(ids, pa.string()))
         pq.write_table(table, part)
+    assert n == len(HOSTILE)
     return copy
 
 

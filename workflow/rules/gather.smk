@@ -25,7 +25,7 @@ rule gather_stage:
         runtime=60,
     shell:
         "esmpipe gather --table {wildcards.table} --plan {input.plan}"
-        " --output {output.table} --status-output {output.status} > {log} 2>&1"
+        " --output {output.table} --status-output {output.status} --reuse-dir work/gathered/{wildcards.table} > {log} 2>&1"
 
 
 rule gather_proteins:
@@ -52,7 +52,7 @@ rule gather_proteins:
         ),
     shell:
         "esmpipe gather --table proteins {params.ingest} {params.status}"
-        " --output {output} > {log} 2>&1"
+        " --output {output} --reuse-dir work/gathered/proteins > {log} 2>&1"
 
 
 if CONTIG_SAMPLES and CONTIGS_TABLE:
