@@ -2,8 +2,9 @@
 request a GPU from SLURM, and the tables must equal those of the local run.
 
 The run reuses the local demo run (tests/workflow): it copies that working
-directory and removes the plans, caches and results, and one sample's ingest
-table, so SLURM runs one CPU job (ingest) and every GPU job (embed, fold).
+directory and removes the plans, caches and results, and two samples' ingest
+tables, so SLURM runs one CPU job (the profile groups ingest jobs: both samples
+in one cluster job) and every GPU job (embed, fold).
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ def test_demo_through_slurm(slurm_cluster, tmp_path_factory):
     local_env = esmpipe_env(tmp_path_factory.mktemp("env"))
     local = demo_run(tmp_path_factory, local_env)
     workdir = copy_run(local, tmp_path_factory.mktemp("slurm-run") / "demo")
-    for path in ("results", "work/plan", "work/status", "work/ingest/sample_c.parquet"):
+    reingested = ("sample_a", "sample_c")
+    for path in ("results", "work/plan", "work/status",
+                 *(f"work/ingest/{sample}.parquet" for sample in reingested)):
         target = workdir / path
         shutil.rmtree(target) if target.is_dir() else target.unlink()
 
@@ -56,11 +59,15 @@ def test_demo_through_slurm(slurm_cluster, tmp_path_factory):
     by_rule: dict[str, list[dict]] = {}
     for job in jobs:
         rule = job["Comment"].removeprefix("rule_").split("_wildcards_")[0]
-        # A group job is named "<group>_<its rules>": the ingest group holds only ingest.
-        rule = {"ingest_ingest": "ingest"}.get(rule, rule)
+        # A group job is named "<group id>_<its rules>": the ingest group holds only ingest.
+        if rule.endswith("_ingest"):
+            rule = "ingest"
         by_rule.setdefault(rule, []).append(job)
     assert set(GPU_RULES) <= set(by_rule), jobs
-    assert len(by_rule["ingest"]) == 1
+    # Both samples' ingest jobs ran in one cluster job, each writing its own table.
+    assert len(by_rule["ingest"]) == 1, by_rule["ingest"]
+    for sample in reingested:
+        assert (workdir / "work" / "ingest" / f"{sample}.parquet").is_file()
     for rule, rule_jobs in by_rule.items():
         for job in rule_jobs:
             assert job["JobState"] == "COMPLETED", job

@@ -54,14 +54,14 @@ rule report_stats:
         "logs/report_stats.log",
     benchmark:
         "logs/benchmarks/report_stats.tsv"
+    conda:
+        ESMPIPE_ENV
     resources:
         mem_mb=4000,
         runtime=30,
     params:
         min_plddt=CONFIG["high_confidence"]["mean_plddt"],
         min_ptm=CONFIG["high_confidence"]["ptm"],
-    run:
-        shell(
-            "esmpipe report-stats --results results --output-dir results/report"
-            " --min-plddt {params.min_plddt} --min-ptm {params.min_ptm} > {log} 2>&1"
-        )
+    shell:
+        "esmpipe report-stats --results results --output-dir results/report"
+        " --min-plddt {params.min_plddt} --min-ptm {params.min_ptm} > {log} 2>&1"
