@@ -1,7 +1,7 @@
 """Planning and gathering a synthetic cohort: seconds and peak memory per step.
 
     python benchmarks/bench_cohort.py [--records 1000000 5000000 20000000] [--work DIR]
-        [--stages embed fold] [--code DIR] [--again] [--estimate]
+        [--stages embed fold] [--code DIR] [--again] [--plan-only] [--estimate]
 
 A cohort of N records in samples of `--per-sample` records; half the records are
 drawn from a shared pool (each shared sequence in about four samples), half are
@@ -218,12 +218,18 @@ def bench(records: int, args: argparse.Namespace) -> dict[str, Figure]:
             [*esmpipe, "shard", "--stage", stage, *inputs, "--cache-dir", str(cache),
              "--output-dir", str(plan), "--settings", json.dumps({"model": stage}),
              "--shard-size", str(size), "--cost-exponent", str(exponent)], env, log)
+        if args.plan_only:
+            continue
         fake_parts(plan, cache, stage, args.dim)
         figures[f"gather {table}"] = run_step(
             f"gather {table}",
             [*esmpipe, "gather", "--table", table, "--plan", str(plan),
              "--output", str(run_dir / "results" / table),
              "--status-output", str(run_dir / "status" / f"{stage}.parquet")], env, log)
+    if args.plan_only:
+        if not args.keep:
+            shutil.rmtree(run_dir / "plan", ignore_errors=True)
+        return figures
     status = [a for stage in args.stages
               for a in ("--status", f"{stage}={run_dir / 'status' / f'{stage}.parquet'}")]
     proteins = [*esmpipe, "gather", "--table", "proteins", *inputs, *status,
@@ -258,6 +264,8 @@ def main() -> None:
                              "records of this cohort; 2000, the old default, made 10,000)")
     parser.add_argument("--again", action="store_true",
                         help="also time gather proteins a second time (nothing new)")
+    parser.add_argument("--plan-only", action="store_true",
+                        help="time only the plan steps (esmpipe shard), no gathers")
     parser.add_argument("--estimate", action="store_true",
                         help="print the disk and time estimate and exit")
     parser.add_argument("--force", action="store_true", help="run even if the disk seems short")
@@ -281,10 +289,11 @@ def main() -> None:
             print(f"{records:>10}  {step:<24}{f.seconds:>9.1f}{f.cpu:>9.1f}{f.peak_gb:>9.2f}",
                   flush=True)
         first = next(f for step, f in figures.items() if step.startswith("plan "))
-        last = figures["gather proteins"]
-        print(f"{records:>10}  {'plan+gather proteins':<24}{first.seconds + last.seconds:>9.1f}"
-              f"{first.cpu + last.cpu:>9.1f}{max(first.peak_gb, last.peak_gb):>9.2f}",
-              flush=True)
+        last = figures.get("gather proteins")
+        if last is not None:
+            print(f"{records:>10}  {'plan+gather proteins':<24}"
+                  f"{first.seconds + last.seconds:>9.1f}{first.cpu + last.cpu:>9.1f}"
+                  f"{max(first.peak_gb, last.peak_gb):>9.2f}", flush=True)
         print(f"# load average after: {os.getloadavg()}", flush=True)
         with open(work / "figures.jsonl", "a") as out:
             for step, f in figures.items():

@@ -24,7 +24,8 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Sequence
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import duckdb
@@ -53,7 +54,17 @@ SHARD_SCHEMA = pa.schema(
 STAGE_STATUS_SCHEMA = pa.schema(
     [("seq_hash", pa.string()), ("status", pa.string()), ("log", pa.string())]
 )
-ASSIGN_SCHEMA = pa.schema([("seq_hash", pa.string()), ("shard", pa.int32())])
+# A planned sequence's shard, and where its text is read from: the first ingest row
+# holding it, as (file index << POS_BITS) + row number.
+ASSIGN_SCHEMA = pa.schema([("seq_hash", pa.string()), ("shard", pa.int32()),
+                           ("length", pa.int32()), ("first_pos", pa.int64())])
+POS_BITS = 32
+# Shard files are written a bucket of consecutive shards at a time, its text sorted
+# in memory: about this many residues (bytes) a bucket, more only beyond MAX_BUCKETS
+# buckets (open files) or for a single larger shard.
+BUCKET_RESIDUES = 64 * 2**20
+MAX_BUCKETS = 256
+BUCKET_SCHEMA = pa.schema([("shard", pa.int32()), *SHARD_SCHEMA])
 COHORT_SCHEMA = pa.schema(
     [("seq_hash", pa.string()), ("length", pa.int32()), ("plan", pa.string()),
      ("part", pa.string())]
@@ -254,16 +265,17 @@ def plan_stage(
         if not paths:
             raise PlanError("no ingest tables to plan")
         # Distinct sequences without their text (grouping the text costs several
-        # times more); `first_file` says where to fetch it for the shards.
+        # times more); `first_pos` says where to read it for the shards.
         con.execute(
             "CREATE TABLE seqs AS SELECT seq_hash, any_value(length)::INTEGER AS length, "
-            f"min(file_index)::INTEGER AS first_file FROM {ingest_scan(paths)} "
+            f"min((file_index::BIGINT << {POS_BITS}) + file_row_number) AS first_pos "
+            f"FROM {ingest_scan(paths)} "
             "WHERE status = 'ok' AND seq_hash IS NOT NULL GROUP BY seq_hash"
         )
         _load_cache(con, parts)
         too_long = "false" if max_length is None else f"s.length > {int(max_length)}"
         con.execute(
-            "CREATE TABLE status AS SELECT s.seq_hash, s.length, "
+            "CREATE TABLE status AS SELECT s.seq_hash, s.length, s.first_pos, "
             f"CASE WHEN {too_long} THEN 'too_long' WHEN c.part IS NOT NULL THEN 'cached' "
             "ELSE 'planned' END AS plan, "
             f"CASE WHEN {too_long} THEN NULL ELSE c.part END AS part "
@@ -299,10 +311,11 @@ def _deal_out(con, out: Path, key: str, shard_size: float, exponent: float,
     """Cut the planned sequences into shards and write shards/<id>.parquet.
 
     Returns the manifest's shard entries (sorted by id) and leaves tables `assign`
-    (seq_hash, shard) and `shard_names` (shard, part) behind.
+    (seq_hash, shard, length, first_pos) and `shard_names` (shard, part) behind.
     """
     (out / "shards").mkdir()
-    con.execute("CREATE TABLE assign (seq_hash VARCHAR, shard INTEGER)")
+    con.execute("CREATE TABLE assign (seq_hash VARCHAR, shard INTEGER, length INTEGER, "
+                "first_pos BIGINT)")
     con.execute("CREATE TABLE shard_names (shard INTEGER, part VARCHAR)")
     by_length = con.execute(
         "SELECT length, count(*) FROM status WHERE plan = 'planned' GROUP BY length "
@@ -318,8 +331,8 @@ def _deal_out(con, out: Path, key: str, shard_size: float, exponent: float,
     with pq.ParquetWriter(assign_path, ASSIGN_SCHEMA, compression="lz4", use_dictionary=False,
                           write_statistics=False) as writer:
         carry: pa.RecordBatch | None = None
-        for batch in duck.batches(con, "SELECT seq_hash, length FROM status WHERE plan = "
-                                       "'planned' ORDER BY length DESC, seq_hash"):
+        for batch in duck.batches(con, "SELECT seq_hash, length, first_pos FROM status "
+                                       "WHERE plan = 'planned' ORDER BY length DESC, seq_hash"):
             if carry is not None:
                 batch = pa.Table.from_batches([carry, batch]).combine_chunks().to_batches()[0]
             lens = batch.column("length").to_numpy()
@@ -344,53 +357,11 @@ def _deal_out(con, out: Path, key: str, shard_size: float, exponent: float,
     con.register("names", names)
     con.execute("CREATE TABLE shard_names AS SELECT * FROM names")
     con.unregister("names")
-    # 3. The shard files, members sorted by length then hash, their text read from
-    # the first file holding each. A file may hold a sequence twice: such rows
-    # arrive one after the other, and all but the first are dropped.
-    sequences = np.zeros(len(ids), dtype=np.int64)
-    residues = np.zeros(len(ids), dtype=np.int64)
-    schema = schema_with_metadata(SHARD_SCHEMA, {"stage": stage})
-    writer, handle, current, previous = None, None, -1, None
-    try:
-        for batch in duck.batches(
-            con, "SELECT a.shard, i.seq_hash, i.sequence, i.length "
-                 f"FROM {ingest_scan(ingest)} i "
-                 "JOIN (SELECT a.shard, a.seq_hash, s.first_file FROM assign a "
-                 "JOIN seqs s USING (seq_hash)) a "
-                 "ON i.seq_hash = a.seq_hash AND i.file_index = a.first_file "
-                 "ORDER BY a.shard, i.length, i.seq_hash"):
-            hashes = batch.column("seq_hash")
-            repeat = np.r_[hashes[0].as_py() == previous,
-                           pc.equal(hashes[1:], hashes[:-1]).to_numpy(zero_copy_only=False)]
-            previous = hashes[-1].as_py()
-            if repeat.any():
-                batch = batch.filter(pa.array(~repeat))
-            shards = batch.column("shard").to_numpy()
-            lengths = batch.column("length").to_numpy()
-            rows = pa.Table.from_batches([batch]).select(
-                ["seq_hash", "sequence", "length"]).cast(schema)
-            runs = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1], True])
-            starts = runs[:-1]
-            np.add.at(sequences, shards[starts], np.diff(runs))
-            np.add.at(residues, shards[starts], np.add.reduceat(lengths.astype(np.int64),
-                                                                 starts))
-            for a, b in zip(starts.tolist(), runs[1:].tolist(), strict=True):
-                shard = int(shards[a])
-                if shard != current:
-                    if writer is not None:
-                        writer.close()
-                        handle.close()
-                    current = shard
-                    handle = open(out / "shards" / f"{ids[shard]}.parquet", "wb")
-                    writer = pq.ParquetWriter(handle, schema, **duck.WRITE_OPTIONS)
-                writer.write_table(rows.slice(a, b - a))
-    finally:
-        if writer is not None:
-            writer.close()
-            handle.close()
-    stats = {i: (int(sequences[i]), int(residues[i])) for i in range(len(ids))}
+    # 3. The shard files.
+    sequences, residues = _write_shards(
+        con, out, ids, schema_with_metadata(SHARD_SCHEMA, {"stage": stage}), ingest)
     shards = [
-        {"shard_id": ids[i], "sequences": stats[i][0], "residues": stats[i][1],
+        {"shard_id": ids[i], "sequences": int(sequences[i]), "residues": int(residues[i]),
          "cost": round(float(balancer.loads[i]), 3)}
         for i in range(len(ids))
     ]
@@ -403,17 +374,125 @@ def _write_assigned(writer: pq.ParquetWriter, batch: pa.RecordBatch, balancer: B
         return
     shard = balancer.assign(batch.column("length").to_numpy(), exponent)
     writer.write_table(pa.table({"seq_hash": batch.column("seq_hash"),
-                                 "shard": pa.array(shard, pa.int32())}, schema=ASSIGN_SCHEMA))
+                                 "shard": pa.array(shard, pa.int32()),
+                                 "length": batch.column("length"),
+                                 "first_pos": batch.column("first_pos")}, schema=ASSIGN_SCHEMA))
+
+
+def _write_shards(con, out: Path, ids: list[str], schema: pa.Schema,
+                  ingest: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """shards/<id>.parquet of every shard in `assign`: members sorted by length, then hash.
+
+    The text is never sorted as a whole (at 20 million records it is several GB, and
+    a sort spilling it grows faster than the cohort). Only the members' positions
+    (first ingest file and row holding each) are sorted; the text is then read file
+    by file, only the rows needed, into buckets of consecutive shards (Arrow files
+    beside the output), and each bucket, small, is sorted in memory and cut into
+    shard files. Returns (sequences, residues) per shard.
+    """
+    n = len(ids)
+    sequences = np.zeros(n, dtype=np.int64)
+    residues = np.zeros(n, dtype=np.int64)
+    for shard, count, total in con.execute(
+            "SELECT shard, count(*), sum(length) FROM assign GROUP BY shard").fetchall():
+        sequences[shard], residues[shard] = count, total
+    size = max(BUCKET_RESIDUES, math.ceil(residues.sum() / MAX_BUCKETS))
+    # A shard goes to the bucket its first residue falls in.
+    _, bucket_of = np.unique((np.cumsum(residues) - residues) // size, return_inverse=True)
+    n_buckets = int(bucket_of.max()) + 1
+    folder = out / ".buckets"
+    folder.mkdir()
+    try:
+        writers = [pa.ipc.new_file(str(folder / f"{b}.arrow"), BUCKET_SCHEMA)
+                   for b in range(n_buckets)]
+        try:
+            for path, rows, shards in _first_rows(con, ingest):
+                rows_of = _read_rows(path, rows)
+                buckets = bucket_of[shards]
+                order = np.argsort(buckets, kind="stable")
+                table = pa.table({"shard": pa.array(shards, pa.int32()),
+                                  **{c: rows_of[c] for c in SHARD_SCHEMA.names}},
+                                 schema=BUCKET_SCHEMA).take(pa.array(order))
+                cuts = np.flatnonzero(np.r_[True, np.diff(buckets[order]) != 0, True])
+                for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+                    writers[int(buckets[order[lo]])].write_table(table.slice(lo, hi - lo))
+        finally:
+            for writer in writers:
+                writer.close()
+        for b in range(n_buckets):
+            _write_bucket(folder / f"{b}.arrow", out / "shards", ids, schema)
+            (folder / f"{b}.arrow").unlink()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return sequences, residues
+
+
+def _first_rows(con, ingest: list[str]) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(ingest path, rows ascending, their shards): every member of `assign` once,
+    at the first row of the cohort holding its sequence, file by file."""
+    for batch in duck.batches(con, "SELECT first_pos, shard FROM assign ORDER BY first_pos"):
+        pos = batch.column("first_pos").to_numpy()
+        shards = batch.column("shard").to_numpy()
+        files = pos >> POS_BITS
+        runs = np.flatnonzero(np.r_[True, files[1:] != files[:-1], True])
+        for a, b in zip(runs[:-1].tolist(), runs[1:].tolist(), strict=True):
+            yield ingest[int(files[a])], pos[a:b] & ((1 << POS_BITS) - 1), shards[a:b]
+
+
+def _read_rows(path: str, rows: np.ndarray) -> pa.Table:
+    """Columns seq_hash, sequence, length of the given rows (ascending) of an ingest table,
+    read a batch at a time from the row groups that hold them."""
+    columns = SHARD_SCHEMA.names
+    pieces = []
+    with pq.ParquetFile(path) as parquet:
+        meta = parquet.metadata
+        starts = np.cumsum([0] + [meta.row_group(g).num_rows
+                                  for g in range(meta.num_row_groups)])
+        groups = np.searchsorted(starts, rows, side="right") - 1
+        for g in np.unique(groups).tolist():
+            offset = int(starts[g])
+            for batch in parquet.iter_batches(duck.BATCH_ROWS, row_groups=[g], columns=columns):
+                end = offset + batch.num_rows
+                lo, hi = np.searchsorted(rows, [offset, end])
+                if hi > lo:
+                    pieces.append(batch.take(pa.array(rows[lo:hi] - offset)))
+                offset = end
+    if sum(p.num_rows for p in pieces) != len(rows):
+        raise PlanError(f"ingest table {path} changed while the cohort was planned; "
+                        "run the plan again")
+    return pa.Table.from_batches(pieces, pieces[0].schema).cast(SHARD_SCHEMA)
+
+
+def _write_bucket(path: Path, folder: Path, ids: list[str], schema: pa.Schema) -> None:
+    """Sort one bucket by (shard, length, seq_hash) and write its shards, one file each."""
+    with pa.memory_map(str(path)) as source:
+        table = pa.ipc.open_file(source).read_all().combine_chunks()
+    if not table.num_rows:
+        return
+    table = table.take(pc.sort_indices(table, sort_keys=[
+        ("shard", "ascending"), ("length", "ascending"), ("seq_hash", "ascending")]))
+    shards = table.column("shard").to_numpy()
+    rows = table.select(SHARD_SCHEMA.names).cast(schema)
+    runs = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1], True])
+    for a, b in zip(runs[:-1].tolist(), runs[1:].tolist(), strict=True):
+        with pq.ParquetWriter(folder / f"{ids[int(shards[a])]}.parquet", schema,
+                              **duck.WRITE_OPTIONS) as writer:
+            writer.write_table(rows.slice(a, b - a))
 
 
 def _write_cohort(con, path: Path, metadata: dict) -> None:
-    """cohort.parquet from table `status`, sorted by seq_hash, streamed."""
+    """cohort.parquet from tables `status` and `assign`, sorted by seq_hash, streamed.
+
+    The planned sequences come from `assign` (their part: the shard's), the others
+    from `status`: no join of the two large tables, only of `assign` with the small
+    `shard_names`.
+    """
     schema = schema_with_metadata(COHORT_SCHEMA, metadata)
     with pq.ParquetWriter(path, schema, **duck.WRITE_OPTIONS) as writer:
         for batch in duck.batches(
-            con, "SELECT s.seq_hash, s.length, s.plan, coalesce(s.part, n.part) AS part "
-                 "FROM status s LEFT JOIN assign a USING (seq_hash) "
-                 "LEFT JOIN shard_names n USING (shard) ORDER BY s.seq_hash"):
+            con, "SELECT seq_hash, length, plan, part FROM status WHERE plan <> 'planned' "
+                 "UNION ALL SELECT a.seq_hash, a.length, 'planned' AS plan, n.part "
+                 "FROM assign a JOIN shard_names n USING (shard) ORDER BY seq_hash"):
             writer.write_table(pa.Table.from_batches([batch]).cast(COHORT_SCHEMA))
 
 
