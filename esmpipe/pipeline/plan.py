@@ -65,6 +65,8 @@ POS_BITS = 32
 BUCKET_RESIDUES = 64 * 2**20
 MAX_BUCKETS = 256
 BUCKET_SCHEMA = pa.schema([("shard", pa.int32()), *SHARD_SCHEMA])
+# Rows held in memory before they are appended to their bucket's file.
+BUFFER_BYTES = 128 * 2**20
 COHORT_SCHEMA = pa.schema(
     [("seq_hash", pa.string()), ("length", pa.int32()), ("plan", pa.string()),
      ("part", pa.string())]
@@ -346,20 +348,17 @@ def _deal_out(con, out: Path, key: str, shard_size: float, exponent: float,
     con.execute(f"CREATE TABLE assign AS SELECT * FROM read_parquet("
                 f"{duck.quote(str(assign_path))})")
     assign_path.unlink()
-    # 2. Shard ids: digests of each shard's sorted members and the settings key.
-    digests = ShardDigests(balancer.n_shards, key)
-    for batch in duck.batches(con, "SELECT shard, seq_hash FROM assign ORDER BY shard, seq_hash"):
-        digests.update(batch.column("shard").to_numpy(), batch.column("seq_hash"))
-    ids = digests.ids()
+    # 2. The shard files, and their ids: digests of each shard's sorted members and
+    # the settings key.
+    ids, sequences, residues = _write_shards(
+        con, out, ShardDigests(balancer.n_shards, key),
+        schema_with_metadata(SHARD_SCHEMA, {"stage": stage}), ingest)
     names = pa.table({"shard": pa.array(range(len(ids)), pa.int32()),
                       "part": [f"{i}.parquet" for i in ids]})
     con.execute("DROP TABLE shard_names")
     con.register("names", names)
     con.execute("CREATE TABLE shard_names AS SELECT * FROM names")
     con.unregister("names")
-    # 3. The shard files.
-    sequences, residues = _write_shards(
-        con, out, ids, schema_with_metadata(SHARD_SCHEMA, {"stage": stage}), ingest)
     shards = [
         {"shard_id": ids[i], "sequences": int(sequences[i]), "residues": int(residues[i]),
          "cost": round(float(balancer.loads[i]), 3)}
@@ -379,18 +378,18 @@ def _write_assigned(writer: pq.ParquetWriter, batch: pa.RecordBatch, balancer: B
                                  "first_pos": batch.column("first_pos")}, schema=ASSIGN_SCHEMA))
 
 
-def _write_shards(con, out: Path, ids: list[str], schema: pa.Schema,
-                  ingest: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _write_shards(con, out: Path, digests: ShardDigests, schema: pa.Schema,
+                  ingest: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """shards/<id>.parquet of every shard in `assign`: members sorted by length, then hash.
 
     The text is never sorted as a whole (at 20 million records it is several GB, and
     a sort spilling it grows faster than the cohort). Only the members' positions
     (first ingest file and row holding each) are sorted; the text is then read file
     by file, only the rows needed, into buckets of consecutive shards (Arrow files
-    beside the output), and each bucket, small, is sorted in memory and cut into
-    shard files. Returns (sequences, residues) per shard.
+    beside the output), and each bucket, small, is sorted in memory, its shards
+    named (`digests`) and written. Returns (ids, sequences, residues) per shard.
     """
-    n = len(ids)
+    n = digests.n_shards
     sequences = np.zeros(n, dtype=np.int64)
     residues = np.zeros(n, dtype=np.int64)
     for shard, count, total in con.execute(
@@ -399,32 +398,65 @@ def _write_shards(con, out: Path, ids: list[str], schema: pa.Schema,
     size = max(BUCKET_RESIDUES, math.ceil(residues.sum() / MAX_BUCKETS))
     # A shard goes to the bucket its first residue falls in.
     _, bucket_of = np.unique((np.cumsum(residues) - residues) // size, return_inverse=True)
-    n_buckets = int(bucket_of.max()) + 1
     folder = out / ".buckets"
     folder.mkdir()
+    ids: list[str | None] = [None] * n
     try:
-        writers = [pa.ipc.new_file(str(folder / f"{b}.arrow"), BUCKET_SCHEMA)
-                   for b in range(n_buckets)]
-        try:
+        with _Buckets(folder, int(bucket_of.max()) + 1) as buckets:
             for path, rows, shards in _first_rows(con, ingest):
-                rows_of = _read_rows(path, rows)
-                buckets = bucket_of[shards]
-                order = np.argsort(buckets, kind="stable")
-                table = pa.table({"shard": pa.array(shards, pa.int32()),
-                                  **{c: rows_of[c] for c in SHARD_SCHEMA.names}},
-                                 schema=BUCKET_SCHEMA).take(pa.array(order))
-                cuts = np.flatnonzero(np.r_[True, np.diff(buckets[order]) != 0, True])
-                for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
-                    writers[int(buckets[order[lo]])].write_table(table.slice(lo, hi - lo))
-        finally:
-            for writer in writers:
-                writer.close()
-        for b in range(n_buckets):
-            _write_bucket(folder / f"{b}.arrow", out / "shards", ids, schema)
-            (folder / f"{b}.arrow").unlink()
+                buckets.add(bucket_of[shards], shards, _read_rows(path, rows))
+        for bucket in buckets.paths:
+            _write_bucket(bucket, out / "shards", digests, ids, schema)
+            bucket.unlink()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return sequences, residues
+    return [i if i is not None else digests.id(k) for k, i in enumerate(ids)], sequences, residues
+
+
+class _Buckets:
+    """One Arrow file per bucket, appended to in large batches.
+
+    Rows arrive file by file, a few from every bucket at a time: they are kept in
+    memory up to BUFFER_BYTES in all, then the fullest buckets are written.
+    """
+
+    def __init__(self, folder: Path, n: int) -> None:
+        self.paths = [folder / f"{b}.arrow" for b in range(n)]
+        self._writers = [pa.ipc.new_file(str(p), BUCKET_SCHEMA) for p in self.paths]
+        self._pending: list[list[pa.Table]] = [[] for _ in range(n)]
+        self._bytes = np.zeros(n, dtype=np.int64)
+
+    def add(self, buckets: np.ndarray, shards: np.ndarray, rows: pa.Table) -> None:
+        """Rows (seq_hash, sequence, length) of the given shards, in their buckets."""
+        order = np.argsort(buckets, kind="stable")
+        table = pa.table({"shard": pa.array(shards, pa.int32()),
+                          **{c: rows[c] for c in SHARD_SCHEMA.names}}, schema=BUCKET_SCHEMA)
+        cuts = np.flatnonzero(np.r_[True, np.diff(buckets[order]) != 0, True])
+        for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+            b = int(buckets[order[lo]])
+            # A compact copy (not a slice, which would keep the whole table alive).
+            piece = table.take(pa.array(order[lo:hi]))
+            self._pending[b].append(piece)
+            self._bytes[b] += piece.nbytes
+        while self._bytes.sum() > BUFFER_BYTES:
+            self._flush(int(np.argmax(self._bytes)))
+
+    def _flush(self, b: int) -> None:
+        if self._pending[b]:
+            self._writers[b].write_table(pa.concat_tables(self._pending[b]).combine_chunks())
+        self._pending[b], self._bytes[b] = [], 0
+
+    def __enter__(self) -> _Buckets:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None:
+                for b in range(len(self.paths)):
+                    self._flush(b)
+        finally:
+            for writer in self._writers:
+                writer.close()
 
 
 def _first_rows(con, ingest: list[str]) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
@@ -463,12 +495,20 @@ def _read_rows(path: str, rows: np.ndarray) -> pa.Table:
     return pa.Table.from_batches(pieces, pieces[0].schema).cast(SHARD_SCHEMA)
 
 
-def _write_bucket(path: Path, folder: Path, ids: list[str], schema: pa.Schema) -> None:
-    """Sort one bucket by (shard, length, seq_hash) and write its shards, one file each."""
+def _write_bucket(path: Path, folder: Path, digests: ShardDigests, ids: list[str | None],
+                  schema: pa.Schema) -> None:
+    """One bucket: name its shards (`ids`, from their members in hash order) and write
+    them, members sorted by (length, seq_hash), one file each."""
     with pa.memory_map(str(path)) as source:
         table = pa.ipc.open_file(source).read_all().combine_chunks()
     if not table.num_rows:
         return
+    by_hash = table.select(["shard", "seq_hash"]).sort_by(
+        [("shard", "ascending"), ("seq_hash", "ascending")])
+    shards = by_hash.column("shard").to_numpy()
+    digests.update(shards, by_hash.column("seq_hash").combine_chunks())
+    for shard in np.unique(shards).tolist():
+        ids[shard] = digests.id(shard)
     table = table.take(pc.sort_indices(table, sort_keys=[
         ("shard", "ascending"), ("length", "ascending"), ("seq_hash", "ascending")]))
     shards = table.column("shard").to_numpy()

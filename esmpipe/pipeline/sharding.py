@@ -250,6 +250,14 @@ class ShardDigests:
             for h in values[a:b]:
                 hasher.update(b"\0" + h.encode())
 
+    @property
+    def n_shards(self) -> int:
+        return len(self._hashers)
+
+    def id(self, shard: int) -> str:
+        """The id of one shard (all its members given)."""
+        return self._hashers[shard].hexdigest()[:20]
+
     def ids(self) -> list[str]:
         return [h.hexdigest()[:20] for h in self._hashers]
 

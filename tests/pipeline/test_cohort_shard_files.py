@@ -65,8 +65,9 @@ def shard_rows(root, manifest, name="plan"):
 @pytest.mark.parametrize("bucket", [None, 200])
 def test_shards_equal_the_in_memory_reference(tmp_path, monkeypatch, stage, shard_size,
                                               exponent, bucket):
-    if bucket is not None:  # tiny buckets: several buckets, shards of one bucket each
+    if bucket is not None:  # tiny buckets (several, one shard each), flushed often
         monkeypatch.setattr(plan_module, "BUCKET_RESIDUES", bucket)
+        monkeypatch.setattr(plan_module, "BUFFER_BYTES", 2000)
     paths, text = make_cohort(tmp_path)
     manifest = plan(tmp_path, paths, stage=stage, shard_size=shard_size, exponent=exponent)
     expected = make_shards([(h, len(s)) for h, s in text.items()], shard_size=shard_size,
