@@ -13,7 +13,8 @@ process, timed with its own peak resident memory (`os.wait4`):
   of `--dim` floats; structures with short fake per-residue and PDB columns)
 - gather proteins: one row per record with both stages' statuses
 
-- gather proteins again (`--again`): the same gather with nothing new (files reused)
+- gather proteins again (`--again`): the same gather with nothing new (files reused);
+  both proteins gathers pass `--reuse-dir` as the workflow does
 
 The fake cache parts are written between steps and not timed. `--code DIR` runs the
 steps with another checkout's package (DIR first on sys.path), e.g. main for before-figures;
@@ -233,12 +234,14 @@ def bench(records: int, args: argparse.Namespace) -> dict[str, Figure]:
     status = [a for stage in args.stages
               for a in ("--status", f"{stage}={run_dir / 'status' / f'{stage}.parquet'}")]
     proteins = [*esmpipe, "gather", "--table", "proteins", *inputs, *status,
-                "--output", str(run_dir / "results" / "proteins")]
+                "--output", str(run_dir / "results" / "proteins"),
+                # As the workflow: links to the last table are kept there.
+                "--reuse-dir", str(run_dir / "gathered" / "proteins")]
     figures["gather proteins"] = run_step("gather proteins", proteins, env, log)
     if args.again:
         figures["gather proteins again"] = run_step("gather proteins again", proteins, env, log)
     if not args.keep:
-        for folder in ("cache", "results", "plan"):
+        for folder in ("cache", "results", "plan", "gathered"):
             shutil.rmtree(run_dir / folder, ignore_errors=True)
     return figures
 

@@ -61,6 +61,9 @@ INPUT_PREFIX = "input"
 LAYOUT_VERSION = 1
 # Version of the layout of the proteins table (one file per ingest table).
 PROTEINS_LAYOUT = 1
+# In a proteins reuse folder: the status tables (digests of their bytes) its files were
+# last checked against.
+VERIFIED = "_verified.json"
 # The columns of results/contigs, until esmpipe.io.tables defines CONTIGS_SCHEMA.
 _CONTIGS_FALLBACK = pa.schema(
     [("sample", pa.string()), ("contig", pa.string()), ("length", pa.int64()),
@@ -469,6 +472,17 @@ def gather_proteins(
     if reuse_dir is not None:
         previous = {**_reusable_files(Path(reuse_dir)), **previous}
     names = _sample_names(paths)
+    inputs = {stage: _file_digest(status_tables[stage]) for stage in stages}
+    unchanged = _unchanged_tables(reuse_dir, inputs, paths, names, base_key)
+    if unchanged is not None:
+        with atomic_dir(output_dir) as out:
+            for files, _ in unchanged:
+                for file in files:
+                    _link(file, out / file.name)
+        keep_links(output_dir, reuse_dir, {VERIFIED: {"inputs": inputs}})
+        log.info("proteins: every ingest table and status table as at the last gather; "
+                 "%d files kept", sum(len(f) for f, _ in unchanged))
+        return sum(n for _, n in unchanged)
     rows = written = reused = 0
     with duck.session(output_dir, memory_limit=memory_limit, threads=threads) as con, \
             atomic_dir(output_dir) as out:
@@ -497,10 +511,62 @@ def gather_proteins(
             with pq.ParquetWriter(out / "empty.parquet", schema_with_metadata(schema, metadata)):
                 pass
     if reuse_dir is not None:
-        keep_links(output_dir, reuse_dir)
+        keep_links(output_dir, reuse_dir, {VERIFIED: {"inputs": inputs}})
     log.info("proteins: %d rows; %d files written, %d kept from the last gather",
              rows, written, reused)
     return rows
+
+
+def _file_digest(path: str | os.PathLike) -> str:
+    """A digest of a file's bytes (a status table: byte-identical means the same rows)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 23):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _unchanged_tables(reuse_dir: str | os.PathLike | None, inputs: dict, paths: Sequence[str],
+                      names: Sequence[str], base_key: dict
+                      ) -> list[tuple[list[Path], int]] | None:
+    """The last gather's files and rows of every ingest table, if nothing changed since
+    (else None).
+
+    Its derived columns depend only on the ingest tables and the status tables. When
+    the status tables are byte for byte those the last gather checked (`VERIFIED`
+    in `reuse_dir`, written with its links) and every ingest table is the same file,
+    all its files stand without joining a row. Anything else: None (the per-file
+    check decides).
+    """
+    if reuse_dir is None:
+        return None
+    folder = Path(reuse_dir)
+    try:
+        verified = json.loads((folder / VERIFIED).read_text())
+    except (OSError, ValueError):
+        return None
+    if verified.get("inputs") != inputs:
+        return None
+    by_identity: dict[str, tuple[list[Path], int]] = {}
+    for key, files in _reusable_files(folder).items():
+        source = json.loads(key)
+        rows = source.pop("rows", None)
+        source.pop("digest", None)
+        if isinstance(rows, int):
+            by_identity[json.dumps(source, sort_keys=True)] = (files, rows)
+    found = []
+    for path, name in zip(paths, names, strict=True):
+        try:
+            stat = Path(path).stat()
+        except OSError:
+            return None
+        identity = dict(base_key, ingest=path, name=name, size=stat.st_size,
+                        mtime_ns=stat.st_mtime_ns)
+        files = by_identity.get(json.dumps(identity, sort_keys=True))
+        if files is None:
+            return None
+        found.append(files)
+    return found
 
 
 class _DerivedColumns:
@@ -672,12 +738,14 @@ def _sample_names(paths: Sequence[str]) -> list[str]:
     return names
 
 
-def keep_links(table: str | os.PathLike, reuse_dir: str | os.PathLike) -> None:
+def keep_links(table: str | os.PathLike, reuse_dir: str | os.PathLike,
+               notes: Mapping[str, dict] | None = None) -> None:
     """Make `reuse_dir` a folder of hard links to the files of `table` (no bytes copied).
 
     Snakemake deletes a rule's output folder before the job runs, so the next gather
     finds the last table's files here (`--reuse-dir`). Where links are impossible
     (another file system) the folder is left empty, never filled with copies.
+    `notes`: JSON files written beside the links (what the table was checked against).
     """
     with atomic_dir(reuse_dir) as keep:
         for file in sorted(Path(table).glob("*.parquet")):
@@ -689,6 +757,8 @@ def keep_links(table: str | os.PathLike, reuse_dir: str | os.PathLike) -> None:
                 for link in keep.iterdir():
                     link.unlink()
                 return
+        for name, content in (notes or {}).items():
+            (keep / name).write_text(json.dumps(content, sort_keys=True) + "\n")
 
 
 def _ingest_schema(paths: Sequence[str]) -> pa.Schema:
