@@ -52,7 +52,9 @@ def ingest(tree: Path, fasta: Path, output: Path) -> dict:
     log = output.with_suffix(".log")
     with log.open("w") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        # cwd: not a checkout (python puts the working directory before PYTHONPATH).
+        proc = subprocess.Popen(cmd, env=env, cwd=output.parent, stdout=subprocess.DEVNULL,
+                                stderr=err)  # fmt: skip
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage
         wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -68,7 +70,8 @@ def check_tree(tree: Path) -> None:
     """The tree's esmpipe is the one imported (not the installed package)."""
     env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
     found = subprocess.run([sys.executable, "-c", "import esmpipe; print(esmpipe.__file__)"],
-                           env=env, check=True, capture_output=True, text=True).stdout.strip()
+                           env=env, cwd=tempfile.gettempdir(), check=True,
+                           capture_output=True, text=True).stdout.strip()  # fmt: skip
     if not Path(found).resolve().is_relative_to(tree.resolve()):
         raise SystemExit(f"{tree}: imports esmpipe from {found}")
 

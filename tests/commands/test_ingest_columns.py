@@ -19,6 +19,8 @@ COLUMNS = {
     "first null": [None, "ok"],
     "all nulls": [None, None, None],
     "many": [f"id{i}" if i % 7 else None for i in range(1000)],
+    # Past the first pieces (ingest._PIECE_ROWS) before a character that is not a byte.
+    "late non-ascii": [f"M{'K' * (i % 50)}" for i in range(700)] + ["\u00c5"] + ["LV"] * 99,
 }
 INTEGERS = {
     "ints": [1, 0, -1, 127, -128],
@@ -69,3 +71,12 @@ def test_string_batches_past_int32_offsets_are_refused(monkeypatch):
     assert column_array(["abc", "def"], pa.large_string()).to_pylist() == ["abc", "def"]
     with pytest.raises(ValueError, match="large_string"):
         column_array(["abc", "def"], pa.string())
+
+
+@pytest.mark.parametrize("values", [COLUMNS["strings"], COLUMNS["late non-ascii"]])
+def test_known_lengths_give_the_same_array(values):
+    want = pa.array(values, type=pa.large_string())
+    assert column_array(values, pa.large_string(), [len(v) for v in values]).equals(want)
+    # Lengths that do not add up to the values' (checked per piece) are not used.
+    wrong = [len(v) + (i == 2) for i, v in enumerate(values)]
+    assert column_array(values, pa.large_string(), wrong).equals(want)
