@@ -48,7 +48,7 @@ def cases():
             yield pytest.param(WIDE[arrow_type], arrow_type, id=f"{arrow_type}-wide")
 
 
-@pytest.mark.parametrize(("values", "arrow_type"), cases())
+@pytest.mark.parametrize(("values", "arrow_type"), list(cases()))
 def test_column_array_is_what_pa_array_builds(values, arrow_type):
     got = column_array(list(values), arrow_type)
     want = pa.array(values, type=arrow_type)
