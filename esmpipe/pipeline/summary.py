@@ -195,7 +195,7 @@ def gather_partial(
         log_pattern = LOG_PATTERN.replace("{key}", Path(manifest["cache_dir"]).name)
         if gather(["--table", table, "--plan", f"work/plan/{stage}", "--output",
                    f"results/{table}", "--status-output", status, "--allow-missing",
-                   "--log-pattern", log_pattern],
+                   "--log-pattern", log_pattern, "--reuse-dir", f"work/gathered/{table}"],
                   workdir / "logs" / "gather" / f"{table}.partial.log"):  # fmt: skip
             status_args += ["--status", f"{stage}={status}"]
             done.append(f"results/{table}")
@@ -205,7 +205,8 @@ def gather_partial(
         with atomic_path(partial_list) as tmp:
             tmp.write_text("".join(f"{p}\n" for p in existing))
         if gather(["--table", "proteins", "--ingest-list", str(partial_list.relative_to(workdir)),
-                   *status_args, "--output", "results/proteins", "--allow-missing"],
+                   *status_args, "--output", "results/proteins", "--allow-missing",
+                   "--reuse-dir", "work/gathered/proteins"],
                   workdir / "logs" / "gather" / "proteins.partial.log"):  # fmt: skip
             done.append("results/proteins")
     line = "  partial tables (`partial: true`): " + (", ".join(done) or "none")

@@ -100,9 +100,23 @@ def demo_run(tmp_factory, env: dict[str, str]) -> Path:
     return _DEMO["dir"]
 
 
-def copy_run(source: Path, target: Path) -> Path:
-    """A copy of a run's working directory, timestamps and Snakemake metadata included."""
-    shutil.copytree(source, target, symlinks=True, dirs_exist_ok=False)
+def copy_run(source: Path, target: Path, *, hard_links: bool = False) -> Path:
+    """A copy of a run's working directory, timestamps and Snakemake metadata included.
+
+    With `hard_links`, files hard-linked to each other in `source` (the gathered tables
+    and work/gathered/) are linked the same way in the copy, as in the run itself."""
+    copied: dict[tuple[int, int], str] = {}
+
+    def copy(src: str, dst: str) -> str:
+        st = os.stat(src)
+        if hard_links and st.st_nlink > 1:
+            first = copied.setdefault((st.st_dev, st.st_ino), dst)
+            if first != dst:
+                os.link(first, dst)
+                return dst
+        return shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, symlinks=True, copy_function=copy, dirs_exist_ok=False)
     return target
 
 

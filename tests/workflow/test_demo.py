@@ -1,12 +1,15 @@
 """The bundled demo end to end: tables, DuckDB / pyarrow.dataset, `esmpipe query`,
 `snakemake --report`, and a re-run after adding a sample that computes only the new
-distinct sequences."""
+distinct sequences and keeps every earlier file of the gathered tables."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -134,16 +137,43 @@ def cache_parts(workdir):
     return {p.relative_to(workdir) for p in (workdir / "results" / "cache").rglob("*.parquet")}
 
 
-def test_adding_a_sample_computes_only_new_sequences(demo_run, demo_env, tmp_path):
-    first = table(demo_run, "proteins").to_pandas()
-    workdir = copy_run(demo_run, tmp_path / "rerun")
-    before = cache_parts(workdir)
+GATHERED = ("proteins", "embeddings", "structures")
+
+
+def inodes(workdir) -> dict[str, int]:
+    """`<table>/<file>` -> inode, for the gathered tables' files."""
+    return {f"{name}/{p.name}": p.stat().st_ino for name in GATHERED
+            for p in (workdir / "results" / name).glob("*.parquet")}  # fmt: skip
+
+
+@dataclass
+class AddedSample:
+    """The demo run, copied, then run again after sample_d was added to its sheet."""
+
+    workdir: Path
+    output: str  # what Snakemake printed
+    first: pd.DataFrame  # the proteins table before
+    parts: set[Path]  # cache parts before
+    inodes: dict[str, int]  # gathered files before
+
+
+@pytest.fixture(scope="module")
+def added_sample(demo_run, demo_env, tmp_path_factory) -> AddedSample:
+    # Hard links as in the run: the gathered tables' files are links of work/gathered/.
+    workdir = copy_run(demo_run, tmp_path_factory.mktemp("added") / "rerun", hard_links=True)
+    before = AddedSample(workdir, "", table(workdir, "proteins").to_pandas(),
+                         cache_parts(workdir), inodes(workdir))  # fmt: skip
     with (workdir / "config" / "demo_samples.tsv").open("a") as sheet:
         sheet.write("sample_d\tdemo/extra_sample_d.faa\tprotein\n")
-
     result = snakemake(workdir, *local_run_args(), env=demo_env)
+    before.output = result.stdout + result.stderr
+    return before
+
+
+def test_adding_a_sample_computes_only_new_sequences(added_sample):
+    workdir, first, before = added_sample.workdir, added_sample.first, added_sample.parts
     # Only the new sample is ingested and no model is made again.
-    jobs = job_counts(result.stdout + result.stderr)
+    jobs = job_counts(added_sample.output)
     assert jobs["ingest"] == 1 and "init_model" not in jobs
 
     proteins = table(workdir, "proteins").to_pandas()
@@ -170,3 +200,36 @@ def test_adding_a_sample_computes_only_new_sequences(demo_run, demo_env, tmp_pat
     assert len(proteins) == len(first) + expected_records(workdir)["sample_d"]
     assert set(table(workdir, "embeddings")["seq_hash"].to_pylist()) == \
         set(proteins["seq_hash"].dropna())
+
+
+def test_adding_a_sample_keeps_the_old_table_files(added_sample):
+    """The re-gathered tables keep every earlier file as it was (the same inode: a hard
+    link, no byte rewritten); the only new files hold the new sample's rows and the new
+    cache parts' results, and each table still reads as one dataset."""
+    workdir, before = added_sample.workdir, added_sample.inodes
+    assert {name.split("/")[0] for name in before} == set(GATHERED)
+    after = inodes(workdir)
+    assert {name: after.get(name) for name in before} == before
+    new_parts = {part.stem for part in cache_parts(workdir) - added_sample.parts}
+    assert new_parts, "the extra sample brings new cache parts"
+    new_files = sorted(set(after) - set(before))
+    # <sample>-NNNNN.parquet in proteins, <cache part>-NNNNN.parquet in the others.
+    sources = {name: name.split("/")[1].rsplit("-", 1)[0] for name in new_files}
+    assert {s for n, s in sources.items() if n.startswith("proteins/")} == {"sample_d"}
+    assert {s for n, s in sources.items() if not n.startswith("proteins/")} == new_parts
+    # The kept files are still what the next gather reuses.
+    for name, inode in after.items():
+        table_name, file = name.split("/")
+        assert (workdir / "work" / "gathered" / table_name / file).stat().st_ino == inode
+
+    con = duckdb.connect()
+    for name in GATHERED:
+        folder = workdir / "results" / name
+        rows = table(workdir, name).num_rows
+        counted = con.execute(f"SELECT count(*) FROM read_parquet('{folder}/*.parquet')")
+        assert counted.fetchone()[0] == rows
+        assert rows == sum(pq.ParquetFile(f).metadata.num_rows for f in folder.glob("*.parquet"))
+    proteins = table(workdir, "proteins")
+    assert len(proteins) == len(added_sample.first) + expected_records(workdir)["sample_d"]
+    assert set(table(workdir, "embeddings")["seq_hash"].to_pylist()) == \
+        set(proteins["seq_hash"].drop_null().to_pylist())

@@ -62,6 +62,12 @@ def files_with_mtimes(folder: Path) -> dict[str, int]:
             if not any(part.startswith(".") for part in p.relative_to(folder).parts)}  # fmt: skip
 
 
+def inodes(folder: Path) -> dict[str, int]:
+    found = {p.name: p.stat().st_ino for p in folder.glob("*.parquet")}
+    assert found, f"no Parquet files in {folder}"
+    return found
+
+
 def test_killed_during_fold_and_rerun(demo_run, demo_env, tmp_path):
     workdir = without_fold(demo_run, tmp_path / "killed")
     kept = {d: files_with_mtimes(workdir / d) for d in ("work/ingest", "results/cache/embed")}
@@ -143,6 +149,11 @@ def test_a_shard_failing_after_retries(demo_run, demo_env, tmp_path):
     assert (missing["log"] == f"logs/fold/{key}/{bad}.log").all()
     # Every input record is still there.
     assert len(proteins) == len(ds.dataset(demo_run / "results" / "proteins").to_table())
+    # Like gather.smk, the partial gathers keep hard links of their files for the next
+    # gather to reuse (work/gathered/ came with the copy: separate files until then).
+    for name in ("structures", "proteins"):
+        assert inodes(workdir / "results" / name) == inodes(workdir / "work" / "gathered" / name)
+
 
 
 def test_stale_lock_is_removed_only_when_its_run_is_gone(tmp_path):
