@@ -55,6 +55,7 @@ from torch.nn import functional as F
 
 from esmpipe.engine.batching import embed_cost, make_batches
 from esmpipe.engine.device import free_device_memory, is_oom
+from esmpipe.engine.host_memory import release_free_memory
 from esmpipe.engine.runner import Progress, run_batches
 from esmpipe.status import NON_FINITE, OK, OUT_OF_MEMORY, TOO_LONG
 
@@ -391,10 +392,22 @@ class Embedder:
 
     def _run_batches(self, batches, forward):
         """`run_batches` with this engine's out-of-memory handling: a batch that runs out
-        of memory is split; a single piece that still does not fit yields None."""
+        of memory is split; a single piece that still does not fit yields None.
+
+        On the CPU the heap's free pages go back to the kernel after each batch
+        (`esmpipe.engine.host_memory`): activation sizes change with every batch and
+        the holes they leave would otherwise stay resident, raising peak memory.
+        """
+
+        def run(members: list[int]) -> list:
+            outs = forward(members)
+            if self.device.type == "cpu":
+                release_free_memory()
+            return outs
+
         return run_batches(
             batches,
-            forward,
+            run,
             is_oom=is_oom,
             free_memory=lambda: free_device_memory(self.device),
             out_of_memory=lambda member: None,

@@ -40,18 +40,27 @@ def apply_rotary(
     return q_out.to(q.dtype), k_out.to(k.dtype)
 
 
-def apply_rotary_packed(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate packed queries and keys together: qk [T, 2, H, D]; cos, sin [T, D].
+def apply_rotary_packed(
+    qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, scale: float = 1.0
+) -> torch.Tensor:
+    """Rotate packed queries or keys: qk [T, ..., D] (e.g. [T, H, D]); cos, sin [T, D].
 
     The arithmetic of `apply_rotary` (fp32, cast back), written per half without
     building `rotate_half(x)`: out1 = x1 cos - x2 sin, out2 = x2 cos + x1 sin.
+    `scale` multiplies the result (folded into the [T, D/2] tables: the queries'
+    1/sqrt(d) at no cost; the reference scales before rotating, the same up to
+    fp32 rounding).
     NOTE: this uses only the first half of cos and sin, which equals the second half
     in the tables `EsmRotaryEmbedding` makes (the frequencies concatenated twice).
     """
     half = qk.shape[-1] // 2
-    # [T, 1, 1, D/2]
-    c = cos[:, None, None, :half].float()
-    s = sin[:, None, None, :half].float()
+    # [T, 1, .., 1, D/2]
+    shape = (qk.shape[0], *(1,) * (qk.dim() - 2), half)
+    c = cos[:, :half].float()
+    s = sin[:, :half].float()
+    if scale != 1.0:
+        c, s = c * scale, s * scale
+    c, s = c.reshape(shape), s.reshape(shape)
     x = qk.float()
     x1, x2 = x[..., :half], x[..., half:]
     out = torch.empty(x.shape, dtype=torch.float32, device=x.device)

@@ -296,3 +296,20 @@ def test_absolute_positions_window_is_the_position_table() -> None:
     assert all(np.isfinite(r.embedding).all() for r in results)
     with pytest.raises(ValueError, match="at most 36"):
         Embedder(model, tokenizer, window=37)
+
+
+def test_free_heap_pages_go_back_after_each_cpu_batch(model_and_tokenizer, monkeypatch) -> None:
+    import sys
+
+    import esmpipe.engine.embed as engine
+    from esmpipe.engine import host_memory
+
+    if sys.platform.startswith("linux"):
+        assert host_memory.release_free_memory()  # glibc has malloc_trim
+    model, tokenizer = model_and_tokenizer
+    calls: list[int] = []
+    monkeypatch.setattr(engine, "release_free_memory", lambda: calls.append(1) or True)
+    sequences = _sequences(12, seed=5)
+    embedder = Embedder(model, tokenizer, max_tokens=60)
+    batches = sum(1 for _ in embedder.run(sequences))
+    assert batches > 1 and len(calls) >= batches

@@ -58,3 +58,7 @@ def test_packed_rotary_equals_apply_rotary(dtype: torch.dtype) -> None:
     tol = 1e-6 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(got[:, 0], want_q[0].transpose(0, 1), atol=tol, rtol=tol)
     torch.testing.assert_close(got[:, 1], want_k[0].transpose(0, 1), atol=tol, rtol=tol)
+    # [T, H, D] alone, with the query scale folded in (the reference scales, then rotates)
+    scaled = apply_rotary_packed(qk[:, 0], cos, sin, scale=0.25)
+    want_scaled, _ = apply_rotary(q * 0.25, k, cos[None], sin[None])
+    torch.testing.assert_close(scaled, want_scaled[0].transpose(0, 1), atol=tol, rtol=tol)
