@@ -258,9 +258,6 @@ class ShardDigests:
         """The id of one shard (all its members given)."""
         return self._hashers[shard].hexdigest()[:20]
 
-    def ids(self) -> list[str]:
-        return [h.hexdigest()[:20] for h in self._hashers]
-
 
 def _ascii_bytes(strings: pa.Array | pa.ChunkedArray) -> bytes:
     """The concatenated bytes of a string array's values (no separators)."""
