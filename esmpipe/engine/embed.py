@@ -54,8 +54,7 @@ import torch
 from torch.nn import functional as F
 
 from esmpipe.engine.batching import embed_cost, make_batches
-from esmpipe.engine.device import free_device_memory, is_oom
-from esmpipe.engine.host_memory import release_free_memory
+from esmpipe.engine.device import free_device_memory, is_oom, release_free_memory
 from esmpipe.engine.runner import Progress, run_batches
 from esmpipe.status import NON_FINITE, OK, OUT_OF_MEMORY, TOO_LONG
 
@@ -395,7 +394,7 @@ class Embedder:
         of memory is split; a single piece that still does not fit yields None.
 
         On the CPU the heap's free pages go back to the kernel after each batch
-        (`esmpipe.engine.host_memory`): activation sizes change with every batch and
+        (`esmpipe.engine.device.release_free_memory`): activation sizes change with every batch and
         the holes they leave would otherwise stay resident, raising peak memory.
         """
 

@@ -302,10 +302,10 @@ def test_free_heap_pages_go_back_after_each_cpu_batch(model_and_tokenizer, monke
     import sys
 
     import esmpipe.engine.embed as engine
-    from esmpipe.engine import host_memory
+    from esmpipe.engine import device
 
     if sys.platform.startswith("linux"):
-        assert host_memory.release_free_memory()  # glibc has malloc_trim
+        assert device.release_free_memory()  # glibc has malloc_trim
     model, tokenizer = model_and_tokenizer
     calls: list[int] = []
     monkeypatch.setattr(engine, "release_free_memory", lambda: calls.append(1) or True)
